@@ -1,0 +1,171 @@
+"""ginn.train: optimiser, data sources, checkpoints, bit-exact resume, guards."""
+import numpy as np
+import pytest
+import torch
+
+from ginn.train import CHECKPOINT_NAME, EpochBatches, fit, linear_gaussian, make_optimizer
+from ginn.translator import MLPTranslator, Translator
+from conftest import small_translator
+
+
+@pytest.fixture(scope="module")
+def data():
+    return linear_gaussian(512, dim=5, cond_dim=3, seed=0)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_optimiser_is_the_authors():
+    opt = make_optimizer(small_translator(), lr=16 * 4.5e-6, device=torch.device("cpu"))
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.Adam)
+    assert group["betas"] == (0.5, 0.9) and group["amsgrad"] and group["lr"] == pytest.approx(7.2e-5)
+
+
+def test_default_learning_rate_scales_with_batch(data, monkeypatch):
+    seen = {}
+    import ginn.train as train
+    real = train.make_optimizer
+    monkeypatch.setattr(train, "make_optimizer", lambda m, lr, d: seen.setdefault("lr", lr) and real(m, lr, d))
+    fit(small_translator(), data["z_theta"], data["z_phi"], steps=1, batch_size=32, progress=False)
+    assert seen["lr"] == pytest.approx(32 * 4.5e-6)
+
+
+def test_training_lowers_the_nll_and_records_history(data):
+    tau = small_translator()
+    hist = fit(tau, data["z_theta"], data["z_phi"], steps=60, batch_size=64, lr=2e-3,
+               val=(data["z_theta"][:128], data["z_phi"][:128]), val_every=20, progress=False)
+    assert hist.step == list(range(1, 61)) and hist.val_step == [20, 40, 60]
+    assert np.mean(hist.loss[-10:]) < np.mean(hist.loss[:10]) - 1.0
+    assert hist.val_nll[-1] < hist.val_nll[0]
+    assert not tau.training
+
+
+def test_inputs_as_tensors_arrays_and_memmapped_npy_agree(data, tmp_path):
+    np.save(tmp_path / "zt.npy", data["z_theta"])
+    np.save(tmp_path / "zp.npy", data["z_phi"])
+    sources = [(data["z_theta"], data["z_phi"]), (torch.from_numpy(data["z_theta"]), torch.from_numpy(data["z_phi"])),
+               (tmp_path / "zt.npy", str(tmp_path / "zp.npy"))]
+    results = []
+    for zt, zp in sources:
+        tau = small_translator()
+        fit(tau, zt, zp, steps=5, batch_size=32, progress=False)
+        results.append(_weights(tau))
+    for other in results[1:]:
+        assert all(torch.equal(results[0][k], other[k]) for k in other)
+
+
+def test_resume_is_bit_exact(data, tmp_path):
+    kw = dict(steps=12, batch_size=64, lr=1e-3, seed=3, progress=False, ckpt_every=4)
+    straight = small_translator()
+    fit(straight, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "a", **kw)
+
+    first = small_translator()
+    fit(first, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", **{**kw, "steps": 5})  # "interrupted" at 5
+    resumed = small_translator()                                   # a fresh process would start from scratch
+    hist = fit(resumed, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", resume=True, **kw)
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    assert hist.step == list(range(1, 13))
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(data, tmp_path, monkeypatch):
+    import ginn.train as train
+    kw = dict(steps=10, batch_size=64, lr=1e-3, progress=False, ckpt_every=3)
+    straight = small_translator()
+    fit(straight, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "a", **kw)
+
+    real_loss, calls = train.training_loss, {"n": 0}
+    def interrupting_loss(*a):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_loss(*a)
+    monkeypatch.setattr(train, "training_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_translator(), data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", **kw)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT_NAME]  # no half-written file
+    monkeypatch.setattr(train, "training_loss", real_loss)
+    resumed = small_translator()
+    fit(resumed, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", resume=True, **kw)
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_errors(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=2, batch_size=8,
+            ckpt_dir=tmp_path, resume=True, progress=False)
+    fit(small_translator(), data["z_theta"], data["z_phi"], steps=2, batch_size=8, ckpt_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=4, batch_size=16,
+            ckpt_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="different model"):
+        fit(small_translator(hidden_dim=8), data["z_theta"], data["z_phi"], steps=4, batch_size=8,
+            ckpt_dir=tmp_path, resume=True, progress=False)
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="corrupt"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=4, batch_size=8,
+            ckpt_dir=tmp_path, resume=True, progress=False)
+
+
+def test_non_finite_loss_names_step_and_checkpoint(data, tmp_path, monkeypatch):
+    import ginn.train as train
+    real_loss, calls = train.training_loss, {"n": 0}
+    def diverging_loss(*a):
+        calls["n"] += 1
+        loss, reported = real_loss(*a)
+        return (loss * float("nan"), float("nan")) if calls["n"] == 6 else (loss, reported)
+    monkeypatch.setattr(train, "training_loss", diverging_loss)
+    with pytest.raises(FloatingPointError, match=r"at step 5; last good checkpoint: .*checkpoint.safetensors"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=10, batch_size=32, ckpt_dir=tmp_path,
+            ckpt_every=2, progress=False)
+    monkeypatch.setattr(train, "training_loss", real_loss)
+    step = int(__import__("safetensors").safe_open(str(tmp_path / CHECKPOINT_NAME), "pt").metadata()["step"])
+    assert step == 4  # the checkpoint before the failure is intact
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda zt, zp: (zt[:, :4], zp), r"z_theta has rows of shape \(4,\) but the model expects \(5,\)"),
+    (lambda zt, zp: (zt, zp[:, :2]), r"z_phi has rows of shape \(2,\) but the model expects \(3,\)"),
+    (lambda zt, zp: (zt[:100], zp), "same number of pairs"),
+    (lambda zt, zp: (np.where(np.arange(len(zt))[:, None] == 7, np.nan, zt), zp), "NaN or inf .first in row 7"),
+    (lambda zt, zp: (zt, np.where(np.arange(len(zp))[:, None] == 3, np.inf, zp)), "z_phi contains NaN or inf"),
+])
+def test_bad_training_data_gets_clear_errors(data, mutate, message):
+    zt, zp = mutate(data["z_theta"], data["z_phi"])
+    with pytest.raises(ValueError, match=message):
+        fit(small_translator(), zt, zp, steps=1, batch_size=8, progress=False)
+
+
+def test_bad_sources_and_settings(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the extract stage"):
+        fit(small_translator(), tmp_path / "missing.npy", data["z_phi"], steps=1, batch_size=8, progress=False)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        fit(small_translator(), tmp_path / "bad.npy", data["z_phi"], steps=1, batch_size=8, progress=False)
+    with pytest.raises(TypeError, match="numpy array, a torch tensor or a path"):
+        fit(small_translator(), data["z_theta"].tolist(), data["z_phi"], steps=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be between 1"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=1, batch_size=10_000, progress=False)
+    with pytest.raises(ValueError, match="steps must be positive"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=0, batch_size=8, progress=False)
+
+
+def test_epoch_batches_cover_each_epoch_once():
+    b = EpochBatches(100, 32, seed=0)
+    epoch = np.concatenate([b(k) for k in range(3)])
+    assert len(np.unique(epoch)) == 96
+    assert not np.array_equal(b(0), b(3))
+
+
+def test_mlp_translator_trains_by_squared_error(data):
+    m = MLPTranslator(dim=5, cond_dim=3, hidden_dim=32, depth=4, embedding_dim=8, cond_hidden_dim=16, cond_depth=1)
+    hist = fit(m, data["z_theta"], data["z_phi"], steps=150, batch_size=64, lr=2e-3, progress=False)
+    residual = data["z_theta"] - m.predict(torch.from_numpy(data["z_phi"])).detach().numpy()
+    assert np.mean(hist.loss[-10:]) < 0.5 * np.mean(hist.loss[:10])
+    np.testing.assert_allclose(hist.loss[-1], (residual ** 2).sum(1).mean(), rtol=0.5)
+    # the fitted variance tracks the residual variance per dimension
+    np.testing.assert_allclose(m.log_var.exp().detach().numpy(), residual.var(0), rtol=0.6)
