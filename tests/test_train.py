@@ -163,9 +163,9 @@ def test_epoch_batches_cover_each_epoch_once():
 
 def test_mlp_translator_trains_by_squared_error(data):
     m = MLPTranslator(dim=5, cond_dim=3, hidden_dim=32, depth=4, embedding_dim=8, cond_hidden_dim=16, cond_depth=1)
-    hist = fit(m, data["z_theta"], data["z_phi"], steps=150, batch_size=64, lr=2e-3, progress=False)
+    hist = fit(m, data["z_theta"], data["z_phi"], steps=400, batch_size=64, lr=5e-3, progress=False)
     residual = data["z_theta"] - m.predict(torch.from_numpy(data["z_phi"])).detach().numpy()
     assert np.mean(hist.loss[-10:]) < 0.5 * np.mean(hist.loss[:10])
     np.testing.assert_allclose(hist.loss[-1], (residual ** 2).sum(1).mean(), rtol=0.5)
     # the fitted variance tracks the residual variance per dimension
-    np.testing.assert_allclose(m.log_var.exp().detach().numpy(), residual.var(0), rtol=0.6)
+    np.testing.assert_allclose(m.log_var.exp().detach().numpy(), residual.var(0), rtol=0.5)
