@@ -27,7 +27,9 @@ ArrayLike = "np.ndarray | Tensor | str | Path"
 
 
 def as_source(x, name: str) -> np.ndarray | Tensor:
-    "Open `x` (array, tensor, or path to a `.npy` file, memory-mapped) as an indexable source of rows."
+    "Open `x` (array, tensor, path to a `.npy` file (memory-mapped), or a resampling source) as a source of rows."
+    if hasattr(x, "sample_rows"):   # e.g. ginn.features.PosteriorSource: a stochastic feature cache
+        return x
     if isinstance(x, (str, Path)):
         path = Path(x)
         if not path.is_file():
@@ -41,8 +43,11 @@ def as_source(x, name: str) -> np.ndarray | Tensor:
     raise TypeError(f"{name} must be a numpy array, a torch tensor or a path to a .npy file, got {type(x).__name__}")
 
 
-def rows(source: np.ndarray | Tensor, idx: np.ndarray) -> Tensor:
-    "The rows `idx` of `source` as a float32 CPU tensor."
+def rows(source: np.ndarray | Tensor, idx: np.ndarray, step: int | None = None, seed: int = 0) -> Tensor:
+    """The rows `idx` of `source` as a float32 CPU tensor. A source with `sample_rows` (a stochastic cache) gives,
+    at training step `step`, a fresh posterior sample seeded by `(seed, step)`; without a step, its mean."""
+    if step is not None and hasattr(source, "sample_rows"):
+        return source.sample_rows(idx, step=step, seed=seed)
     if isinstance(source, Tensor):
         return source[torch.as_tensor(idx)].float()
     return torch.from_numpy(np.ascontiguousarray(source[idx], dtype=np.float32))
@@ -176,7 +181,9 @@ def fit(model: Translator | MLPTranslator, z_theta, z_phi, *, steps: int, batch_
     A `Translator` minimises Eq. 4 (mean NLL in nats), an `MLPTranslator` squared error. `lr` defaults to
     `batch_size * 4.5e-6`. `val=(z_theta_val, z_phi_val)` is evaluated every `val_every` steps (default: 10
     times per run). With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end;
-    `resume=True` continues from it and ends with the same weights as an uninterrupted run."""
+    `resume=True` continues from it and ends with the same weights as an uninterrupted run. A stochastic
+    feature cache (`ginn.features.PosteriorSource`) is resampled at every step, z = mean + std·ε, as the
+    authors' code does with its posterior samples. The model is returned in eval mode."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     device = resolve_device(device)
@@ -207,7 +214,8 @@ def fit(model: Translator | MLPTranslator, z_theta, z_phi, *, steps: int, batch_
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=type(model).__name__)
     for step in bar:
         idx = batches(step)
-        loss, reported = training_loss(model, rows(z_theta, idx).to(device), rows(z_phi, idx).to(device))
+        loss, reported = training_loss(model, rows(z_theta, idx, step, seed).to(device),
+                                       rows(z_phi, idx, step, seed).to(device))
         if not math.isfinite(reported) or not torch.isfinite(loss):
             last = history.checkpoint or "none (pass ckpt_dir to keep one)"
             raise FloatingPointError(f"non-finite loss ({reported}) at step {step}; last good checkpoint: {last}. "
