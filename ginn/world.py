@@ -17,9 +17,10 @@ import numpy as np
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'SCENES', 'POSITIONS', 'COLOUR_RGB', 'SCENE_RGB', 'SIZE_RADIUS', 'POSITION_RANGE',
            'MAX_ROTATION', 'MAX_OBJECTS', 'SUPERSAMPLE', 'SLOTS', 'CAPTION_SPLITS', 'MODALITIES', 'ATTRIBUTE_LAYOUT',
-           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'position_class', 'sample_attributes', 'sincos', 'inside',
-           'object_depth', 'background', 'render_background', 'render', 'luminance', 'sobel_edges', 'box_downsample',
-           'Vocab', 'parse_vocab', 'load_vocab', 'make_captions', 'World', 'make_world', 'attributes_vector']
+           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'WORLD_FORMAT', 'position_class', 'sample_attributes', 'sincos',
+           'inside', 'object_depth', 'background', 'render_background', 'render', 'luminance', 'sobel_edges',
+           'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions', 'World', 'make_world',
+           'attributes_vector', 'save_world', 'load_world']
 
 # %% ../nbs/02_world.ipynb #3ae96117
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -503,3 +504,43 @@ def attributes_vector(world: World) -> np.ndarray:
     sin, cos = sincos(world.rotation)
     out[:, 23], out[:, 24] = sin, cos
     return out
+
+# %% ../nbs/02_world.ipynb #08d88bbc
+WORLD_FORMAT = "ginn-world-1"
+
+
+def save_world(world: World, path: str | Path) -> Path:
+    "Write `world` to `path` (`.npz`, compressed, no pickles) atomically; returns the path."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: getattr(world, name) for name in MODALITIES + _ATTRIBUTES}
+    arrays.update({f"objects.{k}": v for k, v in world.objects.items()})
+    arrays["captions"] = np.array(world.captions, dtype=str).reshape(len(world), -1)
+    arrays["format"], arrays["seed"] = np.array(WORLD_FORMAT), np.array(world.seed)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_world(path: str | Path) -> World:
+    "The `World` saved by `save_world` at `path`; a clear error if it is missing or not a ginn world file."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no world file at {path}: run the prepare stage (`ginn prepare`) to create it")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e}); it is corrupt: run `ginn prepare` again") from e
+    if str(data.get("format", "")) != WORLD_FORMAT:
+        raise ValueError(f"{path} is not a ginn world file (format {str(data.get('format'))!r}, "
+                         f"expected {WORLD_FORMAT!r}); run `ginn prepare` again")
+    missing = [k for k in MODALITIES + _ATTRIBUTES if k not in data]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {missing}; it is corrupt: run `ginn prepare` again")
+    captions = data["captions"].tolist() if data["captions"].size else []
+    return World(**{k: data[k] for k in MODALITIES + _ATTRIBUTES},
+                 objects={k[8:]: v for k, v in data.items() if k.startswith("objects.")},
+                 captions=captions, seed=int(data["seed"]))

@@ -1,0 +1,217 @@
+"""The stage entry points of ginn.cli: parameter checks with clear messages, stage outputs, interruption safety."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ginn.cli import (ROLE_TAPS, Layout, check_params, load_params, load_translator, main, pair_caches, prepare,
+                      stage_extract, stage_train_experts, stage_train_translator)
+from ginn.experts.embedded import ConvClassifier, ConvSegmenter, ConvVAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "profile": "smoke", "experiments": [], "device": "cpu",
+    "world": {"splits": {"train": 96, "val": 32, "test": 32}, "seeds": {"train": 0, "val": 1, "test": 2},
+              "size": 32, "max_objects": 1, "n_captions": 1},
+    "experts": {"roles": ["world_vae", "world_classifier"],
+                "world_vae": {"epochs": 1, "latent_dim": 8, "width": 8},
+                "world_classifier": {"epochs": 1, "width": 8, "hidden": 16}},
+    "extract": {"batch_size": 64, "world": ["world_vae", "world_classifier:last", "world_classifier:early"],
+                "mnist": []},
+}
+TRANSLATOR = {"dataset": "world", "target": "world_vae", "conditions": ["world_classifier:last"],
+              "models": ["cinn"], "marginal": False, "seeds": [0],
+              "cinn": {"n_flows": 2, "hidden_dim": 16, "embedding_dim": 8, "cond_hidden_dim": 16},
+              "mlp": {"hidden_dim": 16, "depth": 2, "embedding_dim": 8, "cond_hidden_dim": 16},
+              "train": {"steps": 6, "batch_size": 16, "ckpt_every": 2}}
+
+
+def with_experiment(params, name="toy", translator=None):
+    params = copy.deepcopy(params)
+    params["experiments"] = [name]
+    params[name] = {"translator": copy.deepcopy(translator or TRANSLATOR), "evaluate": {}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    "A tiny layout with data, two experts and their feature caches."
+    layout = Layout(tmp_path_factory.mktemp("pipeline"))
+    prepare(TINY, layout, progress=False)
+    stage_train_experts(TINY, layout, progress=False)
+    stage_extract(TINY, layout, progress=False)
+    return layout
+
+
+def repo_params(profile="default"):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    return {**raw[profile], "profile": profile, "experiments": raw["experiments"], "device": "cpu"}
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+def test_role_taps_match_the_experts():
+    experts = {"world_vae": ConvVAE(size=32, latent_dim=4, width=4), "lowres_vae": ConvVAE(size=16, width=4),
+               "mnist_vae": ConvVAE(size=28, channels=1, width=4),
+               "world_classifier": ConvClassifier(width=4, hidden=8),
+               "mnist_classifier": ConvClassifier(heads={"digit": 10}, size=28, channels=1, width=4, hidden=8),
+               "world_segmenter": ConvSegmenter(width=4)}
+    assert set(experts) == set(ROLE_TAPS)
+    for role, expert in experts.items():
+        assert tuple(expert.taps) == ROLE_TAPS[role], role
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke"])
+def test_repo_profiles_are_valid(profile):
+    params = load_params(REPO / "params.yaml", profile=profile)
+    assert params["profile"] == profile and params["experiments"]
+    for name in params["experiments"]:
+        assert (REPO / "nbs" / "experiments" / f"{name}.ipynb").is_file()
+
+
+def test_unknown_profile_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("profile: huge\nsmoke: {}\n")
+    with pytest.raises(ValueError, match="unknown or undefined profile 'huge'.*defined profiles are smoke"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(FileNotFoundError, match="no parameter file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def break_params(mutate):
+    params = repo_params("smoke")
+    mutate(params)
+    return params
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: p.update(experiments=["diagnosis", "txt2img"]), "unknown experiment 'txt2img'.*experiments it defines are diagnosis"),
+    (lambda p: p["experts"]["roles"].append("bigvae"), r"unknown expert\(s\) \['bigvae'\]"),
+    (lambda p: p["extract"]["world"].append("world_clasifier:last"), "unknown expert 'world_clasifier'"),
+    (lambda p: p["extract"]["world"].append("world_classifier:deep"), "has no tap 'deep'.*its taps are last, early"),
+    (lambda p: p["diagnosis"]["translator"].update(target="world_segmenter:argmax"),
+     "is not extracted: add it to extract.world"),
+    (lambda p: p["world"]["splits"].update(train=0), r"world.splits.train: must be a positive integer, got 0"),
+    (lambda p: p["world"].update(size=-32), r"world.size: must be a positive integer, got -32"),
+    (lambda p: p["world"]["seeds"].update(val=0), "the splits need different seeds"),
+    (lambda p: p["experts"]["world_vae"].update(epochs=0), r"experts.world_vae.epochs: must be a positive integer"),
+    (lambda p: p["diagnosis"]["translator"]["train"].update(steps=-5), r"train.steps: must be a positive integer"),
+    (lambda p: p["diagnosis"]["translator"].update(models=["gan"]), "models: must list some of cinn, mlp"),
+    (lambda p: p["extract"].update(mnist=["world_vae"]), "expert 'world_vae' reads 'world', not 'mnist'"),
+])
+def test_bad_params_name_the_key_and_the_fix(mutate, message):
+    with pytest.raises(ValueError, match=message):
+        check_params(break_params(mutate), REPO)
+
+
+def test_command_line_reports_bad_params_without_traceback(tmp_path, capsys):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"], raw["experiments"] = "smoke", ["nosuch"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["prepare", "--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "ginn prepare: error:" in err and "unknown experiment 'nosuch'" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def test_stages_write_their_outputs(prepared):
+    layout = prepared
+    for split in ("train", "val", "test"):
+        assert layout.data("world", split).is_file() and layout.data("mnist", split).is_file()
+    quality = json.loads(layout.metrics("experts").read_text())
+    assert set(quality) == {"world_vae", "world_classifier"} and "psnr" in quality["world_vae"]
+    target, cond = pair_caches(TRANSLATOR, layout, "world_classifier:last", "train")
+    assert len(target) == len(cond) == 96 and target.stochastic and not cond.stochastic
+
+
+def test_missing_cache_says_run_extract(prepared, tmp_path):
+    params = with_experiment(TINY)
+    with pytest.raises(FileNotFoundError, match="Run the extract stage"):
+        stage_train_translator(params, Layout(tmp_path), "toy", progress=False)
+
+
+def test_unknown_experiment_at_stage_level(prepared):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        stage_train_translator(with_experiment(TINY), prepared, "nope", progress=False)
+
+
+def test_sidecar_disagreeing_with_its_array_is_refused(prepared, tmp_path):
+    layout = Layout(tmp_path)
+    src, dst = prepared.features("world", "train"), layout.features("world", "train")
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    sidecar = dst / "world_classifier-last.json"
+    meta = json.loads(sidecar.read_text())
+    meta["shape"] = [meta["shape"][0] + 1]
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="records shape .* but the array has shape"):
+        pair_caches(TRANSLATOR, layout, "world_classifier:last", "train")
+
+
+def test_pair_of_different_lengths_is_refused(prepared, tmp_path):
+    layout = Layout(tmp_path)
+    dst = layout.features("world", "train")
+    dst.mkdir(parents=True)
+    for f in prepared.features("world", "train").iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    for f in prepared.features("world", "val").glob("world_classifier-last.*"):  # 32 rows next to 96
+        (dst / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ValueError, match="cannot pair feature caches of different lengths"):
+        pair_caches(TRANSLATOR, layout, "world_classifier:last", "train")
+
+
+def test_translator_stage_trains_every_run_and_spatial_conditions(prepared):
+    tr = {**TRANSLATOR, "conditions": ["world_classifier:last", "world_classifier:early"],
+          "models": ["cinn", "mlp"], "marginal": True, "seeds": [0, 1], "train": {"steps": 3, "batch_size": 16}}
+    summary = stage_train_translator(with_experiment(TINY, "grid", tr), prepared, "grid", progress=False)
+    assert len(summary["runs"]) == 2 * 2 * 2 + 2
+    out = prepared.translators("grid")
+    spatial = load_translator(out / "world_classifier-early.cinn.seed1.safetensors")
+    assert spatial.cond_shape == (16, 8, 8)
+    assert type(load_translator(out / "world_classifier-early.mlp.seed0.safetensors")).__name__ == "MLPTranslator"
+    assert not list(prepared.checkpoints("grid").iterdir())
+
+
+def write_params(layout: Layout, params: dict):
+    raw = {"profile": "smoke", "experiments": params["experiments"], "smoke": params}
+    (layout.root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (layout.root / "nbs" / "experiments").mkdir(parents=True, exist_ok=True)
+    for name in params["experiments"]:
+        (layout.root / "nbs" / "experiments" / f"{name}.ipynb").write_text("{}")
+
+
+def test_ctrl_c_leaves_no_finished_output_and_the_rerun_resumes(prepared):
+    """SIGINT during `ginn train-translator` leaves no model and no training.json, only a checkpoint; the next run
+    resumes from it."""
+    tr = {**TRANSLATOR, "cinn": {"n_flows": 4, "hidden_dim": 128, "embedding_dim": 32, "cond_hidden_dim": 64},
+          "train": {"steps": 120, "batch_size": 32, "ckpt_every": 3}}
+    params = with_experiment(TINY, "intr", tr)
+    write_params(prepared, params)
+    cmd = [sys.executable, "-c", "import sys; from ginn.cli import main; sys.exit(main())", "train-translator",
+           "intr", "--params", str(prepared.root / "params.yaml"), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=prepared.root, stderr=subprocess.PIPE, text=True)
+    ckpt_dir = prepared.checkpoints("intr")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpt_dir.glob("*/checkpoint.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, "the run finished before it could be interrupted: make it longer"
+    out = prepared.translators("intr")
+    assert not (out / "training.json").exists()
+    assert not list(out.glob("*.safetensors")), "an interrupted run left a model that looks finished"
+    assert list(ckpt_dir.glob("*/checkpoint.safetensors"))
+    summary = stage_train_translator(load_params(prepared.root / "params.yaml"), prepared, "intr", progress=False)
+    assert summary["runs"][0]["resumed"] is True
+    assert (out / "world_classifier-last.cinn.seed0.safetensors").is_file()
+    assert not list(ckpt_dir.iterdir())
