@@ -18,21 +18,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch import Tensor
 
-from .experts.embedded import EXPERT_ROLES, evaluate_experts, load_expert, train_experts
+from .experts.embedded import EXPERT_ROLES, Expert, TextExpert, evaluate_experts, load_expert, train_experts
 from .features import _write_json_atomic, check_pair, extract, load_cache
 from .packaged import SPLITS, load_mnist
 from .train import fit
 from .translator import MLPTranslator, Translator
-from .world import load_world, make_world, save_world
+from .world import SCENES, attributes_vector, load_world, make_captions, make_world, save_world
 
 # %% auto #0
 __all__ = ['PROFILES', 'DATASETS', 'MODEL_KINDS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'ROLE_TAPS', 'ROLE_DATASET',
-           'ROLE_INPUT', 'MARGINAL', 'STAGES', 'parse_feature', 'feature_name', 'check_world', 'check_experts',
-           'check_experiment', 'experiment_notebook', 'check_params', 'load_params', 'Layout', 'save_arrays',
-           'load_digits_split', 'prepare', 'stage_train_experts', 'expert_inputs', 'stage_extract', 'run_name',
-           'experiment_runs', 'pair_caches', 'build_translator', 'load_translator', 'train_run',
-           'stage_train_translator', 'stage_evaluate', 'main']
+           'ROLE_INPUT', 'UNTRAINED_ROLES', 'MARGINAL', 'STAGES', 'parse_feature', 'feature_name', 'check_world',
+           'check_experts', 'check_experiment', 'experiment_notebook', 'check_params', 'load_params', 'Layout',
+           'save_arrays', 'load_digits_split', 'prepare', 'stage_train_experts', 'DataFeature', 'one_hot',
+           'feature_inputs', 'feature_expert', 'stage_extract', 'run_name', 'experiment_runs', 'pair_caches',
+           'condition_array', 'build_translator', 'load_translator', 'train_run', 'stage_train_translator',
+           'stage_evaluate', 'main']
 
 # %% ../nbs/07_cli.ipynb #fd19b822
 PROFILES = ("default", "smoke", "paper")
@@ -44,10 +46,17 @@ ROLE_TAPS = {  # the taps of each embedded expert role, checked against the expe
     "world_vae": ("z",), "lowres_vae": ("z",), "mnist_vae": ("z",),
     "world_classifier": ("last", "early", "middle", "logits"), "mnist_classifier": ("last", "early", "middle", "logits"),
     "world_segmenter": ("argmax", "logits"),
+    # features that need no trained expert: the packaged text expert, and vectors read off the data itself
+    "minilm": ("caption", "paraphrase"),    # MiniLM on one caption per scene: training phrasing / held-out phrasing
+    "attributes": ("vector",),              # the attribute record of each scene (`ginn.world.attributes_vector`)
+    "domain": ("night",),                   # a one-hot domain indicator: [day, night] scene
+    "digit": ("onehot",),                   # the MNIST class, one-hot
 }
 ROLE_DATASET = {"world_vae": "world", "world_classifier": "world", "world_segmenter": "world", "lowres_vae": "world",
-                "mnist_vae": "mnist", "mnist_classifier": "mnist"}
+                "mnist_vae": "mnist", "mnist_classifier": "mnist", "minilm": "world", "attributes": "world",
+                "domain": "world", "digit": "mnist"}
 ROLE_INPUT = {"lowres_vae": "low16"}  # the world modality an expert reads, when it is not `image`
+UNTRAINED_ROLES = ("minilm", "attributes", "domain", "digit")  # features that `train_experts` does not train
 
 
 def parse_feature(spec: str) -> tuple[str, str]:
@@ -121,7 +130,7 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
         _fail(f"{where}.translator.dataset", f"must be one of {', '.join(DATASETS)}, got {tr['dataset']!r}")
     for spec_ in [tr["target"], *tr["conditions"]]:
         role, _ = parse_feature(spec_)
-        if role not in roles:
+        if role not in roles and role not in UNTRAINED_ROLES:
             _fail(f"{where}.translator", f"uses expert {role!r}, which experts.roles does not train")
         if feature_name(spec_) not in {feature_name(f) for f in extracted.get(tr["dataset"], [])}:
             _fail(f"{where}.translator", f"trains on feature {spec_!r} of {tr['dataset']!r}, which is not extracted: "
@@ -153,7 +162,7 @@ def check_params(params: dict, root: str | Path = "."):
             role, _ = parse_feature(spec)
             if ROLE_DATASET[role] != dataset:
                 _fail(f"{profile}.extract.{dataset}", f"expert {role!r} reads {ROLE_DATASET[role]!r}, not {dataset!r}")
-            if role not in experts.get("roles", []):
+            if role not in experts.get("roles", []) and role not in UNTRAINED_ROLES:
                 _fail(f"{profile}.extract.{dataset}", f"extracts {spec!r} but experts.roles does not train {role!r}")
     names = params["experiments"]
     if not isinstance(names, list):
@@ -180,6 +189,10 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None, ch
         defined = [p for p in PROFILES if isinstance(raw.get(p), dict)]
         raise ValueError(f"params.yaml: profile: unknown or undefined profile {profile!r}; "
                          f"the defined profiles are {', '.join(defined)}")
+    if profile == "paper" and check:
+        raise ValueError("params.yaml: profile: 'paper' is the paper-scale pipeline of the published experts, run on a "
+                         "GPU with `dvc repro paper/dvc.yaml` (ginn.paper; README, 'Paper scale'); the root pipeline "
+                         "runs the embedded profiles: set `profile: default` (or smoke)")
     params = {**raw[profile], "profile": profile, "experiments": raw.get("experiments", [])}
     params.setdefault("device", "auto")
     if check:
@@ -255,11 +268,58 @@ def stage_train_experts(params: dict, layout: Layout, progress: bool = True) -> 
     return metrics
 
 # %% ../nbs/07_cli.ipynb #feae5952
-def expert_inputs(role: str, dataset: str, layout: Layout, split: str) -> np.ndarray:
-    "The array expert `role` reads on `split` of `dataset`."
-    if dataset == "world":
-        return getattr(load_world(layout.data("world", split)), ROLE_INPUT.get(role, "image"))
-    return load_digits_split(layout.data("mnist", split))[0]
+class DataFeature(Expert):
+    """A feature read off the data, not computed by a network (an attribute vector, a domain or class
+    indicator): `encode` passes the vectors through, so it is cached, checked and paired like any expert's."""
+    input_kind = "vector"
+
+    def __init__(self, name: str, tap: str, dim: int):
+        super().__init__()
+        self.name, self.taps, self._output_shapes = name, (tap,), {tap: (dim,)}
+        self._config = dict(name=name, tap=tap, dim=dim)
+
+    def to_input(self, batch) -> Tensor:
+        x = torch.as_tensor(np.asarray(batch), dtype=torch.float32)
+        if x.dim() != 2 or x.shape[1] != self._output_shapes[self.taps[0]][0]:
+            raise ValueError(f"{self.name}: expected vectors of shape (n, {self._output_shapes[self.taps[0]][0]}), "
+                             f"got {tuple(x.shape)}")
+        return x
+
+    def _encode(self, x: Tensor, tap: str) -> Tensor:
+        return x
+
+
+def one_hot(labels, n: int) -> np.ndarray:
+    "Float32 `(len(labels), n)` one-hot rows."
+    return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+
+
+def feature_inputs(role: str, tap: str, dataset: str, layout: Layout, split: str):
+    "What the feature `role:tap` is computed from on `split` of `dataset`: an array, or a list of captions."
+    if dataset == "mnist":
+        images, labels = load_digits_split(layout.data("mnist", split))
+        return one_hot(labels, 10) if role == "digit" else images
+    world = load_world(layout.data("world", split))
+    if role == "minilm":                        # one caption per scene: its first training caption, or a new one
+        if tap == "caption":                    # phrased only with the vocabulary's held-out rows
+            if not world.captions:
+                raise ValueError(f"{layout.data('world', split)} has no captions: set world.n_captions >= 1")
+            return [caps[0] for caps in world.captions]
+        return [caps[0] for caps in make_captions(world, 1, split="paraphrase")]
+    if role == "attributes":
+        return attributes_vector(world)
+    if role == "domain":
+        return one_hot(world.scene == SCENES.index("night"), 2)
+    return getattr(world, ROLE_INPUT.get(role, "image"))
+
+
+def feature_expert(role: str, tap: str, layout: Layout, inputs):
+    "The frozen expert that computes feature `role:tap` (the packaged MiniLM, a `DataFeature`, or a trained one)."
+    if role == "minilm":
+        return TextExpert()
+    if role in UNTRAINED_ROLES:
+        return DataFeature(role, tap, int(np.asarray(inputs).shape[1]))
+    return load_expert(layout.expert(role))
 
 
 def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[Path]:
@@ -267,15 +327,14 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
     written, experts = [], {}
     for dataset in DATASETS:
         for split in SPLITS:
-            inputs = {}
             for spec in params["extract"].get(dataset) or []:
                 role, tap = parse_feature(spec)
+                inputs = feature_inputs(role, tap, dataset, layout, split)
                 if role not in experts:
-                    experts[role] = load_expert(layout.expert(role))
-                if role not in inputs:
-                    inputs[role] = expert_inputs(role, dataset, layout, split)
-                written.append(extract(experts[role], inputs[role], layout.features(dataset, split),
-                                       feature_name(spec), tap=tap, batch_size=params["extract"]["batch_size"],
+                    experts[role] = feature_expert(role, tap, layout, inputs)
+                expert_tap = None if role == "minilm" else tap      # MiniLM has one output: its embedding
+                written.append(extract(experts[role], inputs, layout.features(dataset, split), feature_name(spec),
+                                       tap=expert_tap, batch_size=params["extract"]["batch_size"],
                                        progress=progress))
     return written
 
@@ -304,6 +363,12 @@ def pair_caches(tr: dict, layout: Layout, condition: str, split: str):
     return target, cond
 
 
+def condition_array(cache) -> np.ndarray:
+    """The condition z_Φ of every row of a cache: its array, or for a stochastic encoder (a VAE as the condition
+    expert) its posterior mean, the deterministic code the expert hands on."""
+    return cache.mean if cache.stochastic else cache.array
+
+
 def build_translator(kind: str, dim: int, cond_shape: tuple | None, settings: dict, seed: int):
     "A fresh `Translator` (`kind='cinn'`) or `MLPTranslator` for z_Θ of `dim` and a condition of `cond_shape`."
     if cond_shape is None:  # the unconditional flow: a constant condition, no batch norm on it
@@ -330,8 +395,8 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
     target, cond = pair_caches(tr, layout, condition, "train")
     val_target, val_cond = pair_caches(tr, layout, condition, "val")
     zeros = lambda n: np.zeros((n, 1), dtype=np.float32)
-    z_phi = cond.array if cond is not None else zeros(len(target))
-    val_phi = val_cond.array if val_cond is not None else zeros(len(val_target))
+    z_phi = condition_array(cond) if cond is not None else zeros(len(target))
+    val_phi = condition_array(val_cond) if val_cond is not None else zeros(len(val_target))
     model = build_translator(kind, target.shape[1], None if cond is None else cond.shape[1:], tr[kind], seed)
     name = run_name(condition, kind, seed)
     ckpt = layout.checkpoints(experiment) / f"{name}-{_run_hash(tr[kind], tr['train'], target.meta['files'], None if cond is None else cond.meta['files'], seed)}"

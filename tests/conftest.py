@@ -1,4 +1,11 @@
-"""Shared fixtures: small translators and one model trained on the linear-Gaussian toy."""
+"""Shared fixtures: small translators, one model trained on the linear-Gaussian toy, and the smoke pipeline run."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +29,51 @@ def linear_gaussian_model():
     # a short second phase at a lower rate and a larger batch removes most of the optimiser noise
     fit(tau, train["z_theta"], train["z_phi"], steps=400, batch_size=1024, lr=2e-4, progress=False)
     return tau.eval(), test
+
+
+# ---------------------------------------------------------------- the smoke pipeline, run once per test session
+# tests/test_pipeline.py checks the pipeline itself, tests/test_docs.py the documentation site its `docs` stage builds.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd, cwd, **kw):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    if proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def dvc(*args, cwd):
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def ran_stages(log: str) -> list[str]:
+    return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory):
+    "A copy of the repository's files (what a clone would hold) with `profile: smoke`, as its own git repo."
+    dst = tmp_path_factory.mktemp("smoke") / "ginn"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    params = (dst / "params.yaml").read_text()
+    assert "\nprofile: default\n" in params
+    (dst / "params.yaml").write_text(params.replace("\nprofile: default\n", "\nprofile: smoke\n"))
+    for f in ("dvc.lock",):
+        (dst / f).unlink(missing_ok=True)
+    for d in ("metrics",):
+        shutil.rmtree(dst / d, ignore_errors=True)
+    run(["git", "init", "-q"], dst)
+    run(["git", "add", "-A"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dst)
+    start = time.perf_counter()
+    log = dvc("repro", cwd=dst)
+    print(f"\nsmoke dvc repro: {time.perf_counter() - start:.1f} s")
+    return dst, log

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from ginn.cli import (ROLE_TAPS, Layout, check_params, load_params, load_translator, main, pair_caches, prepare,
+from ginn.cli import (ROLE_TAPS, UNTRAINED_ROLES, DataFeature, Layout, check_params, feature_expert, feature_inputs,
+                      feature_name, load_params, load_translator, main, pair_caches, parse_feature, prepare,
                       stage_extract, stage_train_experts, stage_train_translator)
 from ginn.experts.embedded import ConvClassifier, ConvSegmenter, ConvVAE
+from ginn.features import extract, load_cache
+from ginn.world import SCENES, attributes_vector, make_world, save_world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +68,32 @@ def test_role_taps_match_the_experts():
                "world_classifier": ConvClassifier(width=4, hidden=8),
                "mnist_classifier": ConvClassifier(heads={"digit": 10}, size=28, channels=1, width=4, hidden=8),
                "world_segmenter": ConvSegmenter(width=4)}
-    assert set(experts) == set(ROLE_TAPS)
+    assert set(experts) == set(ROLE_TAPS) - set(UNTRAINED_ROLES)
     for role, expert in experts.items():
         assert tuple(expert.taps) == ROLE_TAPS[role], role
+
+
+def test_data_features_extract_like_experts(tmp_path):
+    "The untrained features (captions through MiniLM, attribute / domain / class vectors) cache like any expert's."
+    world = make_world(12, seed=3, n_captions=2)
+    save_world(world, Layout(tmp_path).data("world", "test"))
+    layout = Layout(tmp_path)
+    params = {"extract": {"batch_size": 5, "world": ["attributes:vector", "domain:night", "minilm:paraphrase"]}}
+    for spec in params["extract"]["world"]:
+        role, tap = parse_feature(spec)
+        inputs = feature_inputs(role, tap, "world", layout, "test")
+        expert = feature_expert(role, tap, layout, inputs)
+        extract(expert, inputs, layout.features("world", "test"), feature_name(spec),
+                tap=None if role == "minilm" else tap, batch_size=5, progress=False)
+    vec = load_cache(layout.features("world", "test"), "attributes-vector")
+    np.testing.assert_array_equal(vec.array, attributes_vector(world))
+    dom = load_cache(layout.features("world", "test"), "domain-night").array
+    np.testing.assert_array_equal(dom.argmax(1), world.scene == SCENES.index("night"))
+    assert dom.sum(1).tolist() == [1.0] * 12
+    text = load_cache(layout.features("world", "test"), "minilm-paraphrase").array
+    assert text.shape == (12, 384) and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-4)
+    with pytest.raises(ValueError, match="expected vectors of shape"):
+        DataFeature("attributes", "vector", 25).encode(np.zeros((2, 3), np.float32))
 
 
 @pytest.mark.parametrize("profile", ["default", "smoke"])
