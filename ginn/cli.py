@@ -25,13 +25,14 @@ from .features import _write_json_atomic, check_pair, extract, load_cache
 from .packaged import SPLITS, load_mnist
 from .train import fit
 from .translator import MLPTranslator, Translator
-from .world import SCENES, attributes_vector, load_world, make_captions, make_world, save_world
+from .world import (DERIVED_INPUTS, SCENES, attributes_vector, derived_input, load_world, make_captions,
+                        make_world, save_world)
 
 # %% auto #0
 __all__ = ['PROFILES', 'DATASETS', 'MODEL_KINDS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'ROLE_TAPS', 'ROLE_DATASET',
-           'ROLE_INPUT', 'UNTRAINED_ROLES', 'MARGINAL', 'STAGES', 'parse_feature', 'feature_name', 'check_world',
-           'check_experts', 'check_experiment', 'experiment_notebook', 'check_params', 'load_params', 'Layout',
-           'save_arrays', 'load_digits_split', 'prepare', 'stage_train_experts', 'DataFeature', 'one_hot',
+           'ROLE_INPUT', 'UNTRAINED_ROLES', 'MARGINAL', 'STAGES', 'parse_feature', 'feature_input', 'feature_name',
+           'check_world', 'check_experts', 'check_experiment', 'experiment_notebook', 'check_params', 'load_params',
+           'Layout', 'save_arrays', 'load_digits_split', 'prepare', 'stage_train_experts', 'DataFeature', 'one_hot',
            'feature_inputs', 'feature_expert', 'stage_extract', 'run_name', 'experiment_runs', 'pair_caches',
            'condition_array', 'build_translator', 'load_translator', 'train_run', 'stage_train_translator',
            'stage_evaluate', 'main']
@@ -60,10 +61,11 @@ UNTRAINED_ROLES = ("minilm", "attributes", "domain", "digit")  # features that `
 
 
 def parse_feature(spec: str) -> tuple[str, str]:
-    "`'role:tap'` (or `'role'`, for its default tap) → `(role, tap)`, checked against `ROLE_TAPS`."
+    """`'role:tap'` (or `'role'`, for its default tap) → `(role, tap)`, checked against `ROLE_TAPS`. A suffix
+    `@input` (`'world_classifier:middle@edges'`) names a derived input the expert reads; see `feature_input`."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a feature is written 'role:tap' (e.g. 'world_classifier:early'); got {spec!r}")
-    role, _, tap = spec.partition(":")
+    role, _, tap = spec.partition("@")[0].partition(":")
     if role not in ROLE_TAPS:
         raise ValueError(f"unknown expert {role!r} in feature {spec!r}; the experts with features are "
                          f"{', '.join(ROLE_TAPS)}")
@@ -74,10 +76,24 @@ def parse_feature(spec: str) -> tuple[str, str]:
     return role, tap
 
 
+def feature_input(spec: str) -> str | None:
+    """The derived input of `spec` (`'...@edges'` → `'edges'`): the world's images as edges, masked or deformed
+    (`ginn.world.derived_input`), read by an image expert of the world; `None` for the expert's own input."""
+    role, _ = parse_feature(spec)
+    _, at, kind = spec.partition("@")
+    if not at:
+        return None
+    if kind not in DERIVED_INPUTS or ROLE_DATASET[role] != "world" or role in UNTRAINED_ROLES or role in ROLE_INPUT:
+        raise ValueError(f"feature {spec!r}: '@{kind}' must name a derived input ({', '.join(DERIVED_INPUTS)}) "
+                         "read by an image expert of the world (a 32×32 world expert)")
+    return kind
+
+
 def feature_name(spec: str) -> str:
-    "The cache name of a feature: `'world_classifier:early'` → `'world_classifier-early'`."
+    "The cache name of a feature: `'world_classifier:early'` → `'world_classifier-early'`, `'…@edges'` → `'…-edges'`."
     role, tap = parse_feature(spec)
-    return f"{role}-{tap}"
+    kind = feature_input(spec)
+    return f"{role}-{tap}" + (f"-{kind}" if kind else "")
 
 # %% ../nbs/07_cli.ipynb #e8268acc
 def _fail(where: str, what: str):
@@ -294,23 +310,25 @@ def one_hot(labels, n: int) -> np.ndarray:
     return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
-def feature_inputs(role: str, tap: str, dataset: str, layout: Layout, split: str):
-    "What the feature `role:tap` is computed from on `split` of `dataset`: an array, or a list of captions."
+def feature_inputs(spec: str, dataset: str, layout: Layout, split: str):
+    "What feature `spec` is computed from on `split` of `dataset`: an array, or a list of captions."
+    role, tap = parse_feature(spec)
     if dataset == "mnist":
         images, labels = load_digits_split(layout.data("mnist", split))
         return one_hot(labels, 10) if role == "digit" else images
     world = load_world(layout.data("world", split))
-    if role == "minilm":                        # one caption per scene: its first training caption, or a new one
-        if tap == "caption":                    # phrased only with the vocabulary's held-out rows
+    if role == "minilm":                        # one caption per scene
+        if tap == "caption":                    # its first caption, in the training phrasing
             if not world.captions:
                 raise ValueError(f"{layout.data('world', split)} has no captions: set world.n_captions >= 1")
             return [caps[0] for caps in world.captions]
-        return [caps[0] for caps in make_captions(world, 1, split="paraphrase")]
+        return [caps[0] for caps in make_captions(world, 1, split="paraphrase")]   # held-out phrasing only
     if role == "attributes":
         return attributes_vector(world)
     if role == "domain":
         return one_hot(world.scene == SCENES.index("night"), 2)
-    return getattr(world, ROLE_INPUT.get(role, "image"))
+    kind = feature_input(spec)
+    return derived_input(world, kind) if kind else getattr(world, ROLE_INPUT.get(role, "image"))
 
 
 def feature_expert(role: str, tap: str, layout: Layout, inputs):
@@ -329,7 +347,7 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
         for split in SPLITS:
             for spec in params["extract"].get(dataset) or []:
                 role, tap = parse_feature(spec)
-                inputs = feature_inputs(role, tap, dataset, layout, split)
+                inputs = feature_inputs(spec, dataset, layout, split)
                 if role not in experts:
                     experts[role] = feature_expert(role, tap, layout, inputs)
                 expert_tap = None if role == "minilm" else tap      # MiniLM has one output: its embedding

@@ -18,12 +18,12 @@ from .cli import (MARGINAL, Layout, condition_array, feature_name, load_params, 
                       parse_feature, run_name)
 from .experts.embedded import load_expert
 from .features import _write_json_atomic, load_cache
-from .metrics import spread
+from .metrics import attribute_accuracy, diversity, frechet_distance, spread
 from .packaged import SPLITS
 from .world import load_world
 
 # %% auto #0
-__all__ = ['Experiment', 'finite_or_none', 'summary', 'fmt_spread', 'markdown_table', 'as_picture', 'image_grid']
+__all__ = ['Experiment', 'finite_or_none', 'summary', 'fmt_spread', 'markdown_table', 'as_picture', 'image_grid', 'as_uint8']
 
 # %% ../nbs/06b_experiment.ipynb #159cae40
 class Experiment:
@@ -36,6 +36,7 @@ class Experiment:
             raise ValueError(f"unknown experiment {name!r}: params.yaml lists {', '.join(self.params['experiments'])}")
         self.tr, self.ev = self.params[name]["translator"], self.params[name]["evaluate"]
         self.dataset = self.tr["dataset"]
+        self._real = {}
         torch.manual_seed(self.ev.get("seed", 0))
 
     def __repr__(self) -> str:
@@ -99,6 +100,34 @@ class Experiment:
         "The true attributes of the test scenes."
         heads = heads or self.oracle.classifier.head_sizes
         return {h: getattr(self.world, h) for h in heads}
+
+    def draw(self, model, z_phi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The images of the standard scores: `one` sample Λ(τ(v | z_Φ)) for each of the first `n_fd` conditions,
+        and `evaluate.n_samples` samples `(k, n, C, H, W)` for each of the first `k = n_conditions`."""
+        temperature, k, n = self.ev.get("temperature", 1.0), self.ev["n_conditions"], self.ev["n_samples"]
+        with torch.no_grad():
+            one = self.decode(model.sample(z_phi[: self.ev["n_fd"]], n=1, temperature=temperature, generator=generator))
+            many = self.decode(model.sample(z_phi[:k], n=n, temperature=temperature, generator=generator))
+        return one, many.reshape(min(k, len(z_phi)), n, *many.shape[1:])
+
+    def scores(self, one: Tensor, many: Tensor, truth: dict) -> dict:
+        """The numbers every translation is scored by: oracle accuracy of `one` (one image per test scene) against
+        `truth` (`acc_<head>`), its FD to the real test images, and the diversity of `many` (k, n, C, H, W)."""
+        acc = attribute_accuracy(self.attributes(one), {h: np.asarray(v)[: len(one)] for h, v in truth.items()})
+        k, n = many.shape[:2]
+        return {**{f"acc_{h}": a for h, a in acc.items()},
+                "fd": self.fd(one),
+                "diversity": diversity(self.oracle.features(many.flatten(0, 1)).reshape(k, n, -1))}
+
+    def fd(self, images: Tensor) -> float:
+        "Fréchet distance in the oracle's feature space between `images` and as many real test images."
+        return frechet_distance(self.real_features(len(images)), self.oracle.features(images))
+
+    def real_features(self, n: int) -> Tensor:
+        "Oracle features of the first `n` real test images (the reference of every FD), computed once per `n`."
+        if n not in self._real:
+            self._real[n] = self.oracle.features(self.world.image[:n])
+        return self._real[n]
 
     def save_figure(self, fig, stem: str) -> Path:
         "Save `fig` as `reports/figures/NAME/stem.png` (the figures DVC tracks as plots)."
@@ -178,3 +207,9 @@ def image_grid(rows: list[list], row_labels: list[str] | None = None, col_titles
         ax.set_title(title, fontsize=fontsize)
     fig.tight_layout(pad=0.2)
     return fig
+
+def as_uint8(images) -> np.ndarray:
+    "Float images (n, C, H, W) in [0, 1] as uint8 (n, H, W, C): the format of the world's images."
+    if isinstance(images, Tensor):
+        images = images.detach().cpu().numpy()
+    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -42,7 +42,7 @@ class ConvEmbedding(nn.Module):
             i += 1
             layers += [nn.Conv2d(channels, 64 * i, 4, stride=2, padding=1), _ActNorm2d(64 * i),
                        nn.LeakyReLU(LEAKY_SLOPE)]
-            channels, height, width = 64 * i, (height + 1) // 2, (width + 1) // 2
+            channels, height, width = 64 * i, height // 2, width // 2   # k=4, s=2, p=1 halves, rounding down
         self.down = nn.Sequential(*layers)
         self.out = nn.Linear(channels * height * width, out_dim)
 

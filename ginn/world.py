@@ -17,10 +17,11 @@ import numpy as np
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'SCENES', 'POSITIONS', 'COLOUR_RGB', 'SCENE_RGB', 'SIZE_RADIUS', 'POSITION_RANGE',
            'MAX_ROTATION', 'MAX_OBJECTS', 'SUPERSAMPLE', 'SLOTS', 'CAPTION_SPLITS', 'MODALITIES', 'ATTRIBUTE_LAYOUT',
-           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'WORLD_FORMAT', 'position_class', 'sample_attributes', 'sincos',
-           'inside', 'object_depth', 'background', 'render_background', 'render', 'luminance', 'sobel_edges',
-           'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions', 'World', 'make_world',
-           'attributes_vector', 'save_world', 'load_world']
+           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'DERIVED_INPUTS', 'MASK_GREY', 'WORLD_FORMAT', 'position_class',
+           'sample_attributes', 'sincos', 'inside', 'object_depth', 'background', 'render_background', 'render',
+           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions', 'World',
+           'make_world', 'attributes_vector', 'as_rgb', 'masked_images', 'deformed_images', 'derived_input',
+           'save_world', 'load_world']
 
 # %% ../nbs/02_world.ipynb #3ae96117
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -504,6 +505,62 @@ def attributes_vector(world: World) -> np.ndarray:
     sin, cos = sincos(world.rotation)
     out[:, 23], out[:, 24] = sin, cos
     return out
+
+# %% ../nbs/02_world.ipynb #a4e3838c
+DERIVED_INPUTS = ("edges", "masked", "deformed")
+MASK_GREY = 128
+
+
+def as_rgb(channel: np.ndarray) -> np.ndarray:
+    "Single-channel images (n, h, w) in [0, 1] as grey uint8 RGB (n, h, w, 3)."
+    return np.repeat(np.round(np.clip(channel, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def masked_images(images: np.ndarray, seed: int, side: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """`(masked, visible)`: each image with one square of `side` × its width, placed uniformly at random, set to
+    grey; `visible` is the boolean (n, h, w) map of the pixels left."""
+    n, h, w = images.shape[:3]
+    s = max(1, int(round(side * min(h, w))))
+    rng = np.random.default_rng([seed, 2])
+    top, left = rng.integers(0, h - s + 1, n), rng.integers(0, w - s + 1, n)
+    rows, cols = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+    hidden = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + s)
+              & (cols >= left[:, None, None]) & (cols < left[:, None, None] + s))
+    out = images.copy()
+    out[hidden] = MASK_GREY
+    return out, ~hidden
+
+
+def deformed_images(images: np.ndarray, seed: int, max_rotation: float = 45.0, scale=(0.8, 1.2),
+                    max_shift: float = 0.25) -> np.ndarray:
+    """Each image under its own random deformation d: a horizontal flip (p = 1/2), a rotation, a scaling and a
+    shift (an affine warp, bilinear, border pixels repeated), drawn from `seed`."""
+    import torch
+    import torch.nn.functional as F
+    n = len(images)
+    rng = np.random.default_rng([seed, 3])
+    angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
+    zoom = rng.uniform(*scale, n)
+    flip = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    shift = rng.uniform(-max_shift, max_shift, (n, 2)) * 2          # in affine_grid's [-1, 1] units
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    theta = np.stack([np.stack([cos * flip, -sin, shift[:, 0]], 1), np.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(torch.from_numpy(theta).float(), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def derived_input(world: World, kind: str, seed: int | None = None) -> np.ndarray:
+    "The images of `world` as the derived input `kind` (one of `DERIVED_INPUTS`); `seed` defaults to the world's."
+    seed = world.seed if seed is None else seed
+    if kind == "edges":
+        return as_rgb(world.edges)
+    if kind == "masked":
+        return masked_images(world.image, seed)[0]
+    if kind == "deformed":
+        return deformed_images(world.image, seed)
+    raise ValueError(f"unknown derived input {kind!r}; the derived inputs are {', '.join(DERIVED_INPUTS)}")
 
 # %% ../nbs/02_world.ipynb #08d88bbc
 WORLD_FORMAT = "ginn-world-1"

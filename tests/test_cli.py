@@ -15,9 +15,9 @@ import yaml
 from ginn.cli import (ROLE_TAPS, UNTRAINED_ROLES, DataFeature, Layout, check_params, feature_expert, feature_inputs,
                       feature_name, load_params, load_translator, main, pair_caches, parse_feature, prepare,
                       stage_extract, stage_train_experts, stage_train_translator)
-from ginn.experts.embedded import ConvClassifier, ConvSegmenter, ConvVAE
-from ginn.features import extract, load_cache
-from ginn.world import SCENES, attributes_vector, make_world, save_world
+from ginn.experts.embedded import ConvClassifier, ConvSegmenter, ConvVAE, save_expert
+from ginn.features import extract, hash_inputs, load_cache
+from ginn.world import SCENES, attributes_vector, derived_input, make_world, save_world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,10 +78,12 @@ def test_data_features_extract_like_experts(tmp_path):
     world = make_world(12, seed=3, n_captions=2)
     save_world(world, Layout(tmp_path).data("world", "test"))
     layout = Layout(tmp_path)
-    params = {"extract": {"batch_size": 5, "world": ["attributes:vector", "domain:night", "minilm:paraphrase"]}}
+    params = {"extract": {"batch_size": 5, "world": ["attributes:vector", "domain:night", "minilm:paraphrase",
+                                                     "world_vae@deformed"]}}
+    save_expert(ConvVAE(size=32, latent_dim=4, width=4).freeze(), layout.expert("world_vae"))
     for spec in params["extract"]["world"]:
         role, tap = parse_feature(spec)
-        inputs = feature_inputs(role, tap, "world", layout, "test")
+        inputs = feature_inputs(spec, "world", layout, "test")
         expert = feature_expert(role, tap, layout, inputs)
         extract(expert, inputs, layout.features("world", "test"), feature_name(spec),
                 tap=None if role == "minilm" else tap, batch_size=5, progress=False)
@@ -92,6 +94,8 @@ def test_data_features_extract_like_experts(tmp_path):
     assert dom.sum(1).tolist() == [1.0] * 12
     text = load_cache(layout.features("world", "test"), "minilm-paraphrase").array
     assert text.shape == (12, 384) and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-4)
+    deformed = load_cache(layout.features("world", "test"), "world_vae-z-deformed")
+    assert deformed.stochastic and deformed.meta["source_sha256"] == hash_inputs(derived_input(world, "deformed"))
     with pytest.raises(ValueError, match="expected vectors of shape"):
         DataFeature("attributes", "vector", 25).encode(np.zeros((2, 3), np.float32))
 

@@ -143,3 +143,12 @@ def test_mlp_translator_interface_and_round_trip(tmp_path):
     torch.testing.assert_close(m.nll(z, c), standard_normal_nll(v) - logdet)
     loaded = MLPTranslator.load(m.save(tmp_path / "mlp.safetensors")).eval()
     torch.testing.assert_close(loaded.predict(c), m.predict(c), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cond_shape", [(8, 14, 14), (8, 7, 7), (3, 9, 5), (4, 16, 16)])
+def test_spatial_condition_of_any_size(cond_shape):
+    "The conv embedding H (Tab. S3b) sizes its last linear map for odd sizes too (MNIST's 14×14 and 7×7 taps)."
+    tau = Translator(4, cond_shape=cond_shape, n_flows=2, hidden_dim=8, embedding_dim=4, seed=0)
+    z_phi = torch.randn(3, *cond_shape)
+    assert tau.sample(z_phi, n=2).shape == (3, 2, 4)
+    assert torch.isfinite(tau.nll(torch.randn(3, 4), z_phi)).all()

@@ -710,7 +710,7 @@ def load_expert(path: str | Path, map_location: str | torch.device = "cpu"):
 
 # %% ../../nbs/03_experts.ipynb #66311bab
 EXPERT_ROLES = ("world_vae", "world_classifier", "world_segmenter", "oracle", "lowres_vae", "mnist_vae",
-                "mnist_classifier")
+                "mnist_classifier", "mnist_oracle")
 EXPERT_PROFILES = {
     "default": {role: {} for role in EXPERT_ROLES},
     "smoke": {role: {"epochs": 1} for role in EXPERT_ROLES},
@@ -733,8 +733,8 @@ def train_experts(world, mnist=None, out_dir: str | Path | None = None, settings
         if role.startswith("mnist"):
             if mnist is None:
                 raise ValueError(f"role {role!r} needs the MNIST training split: pass mnist=(images, labels)")
-            experts[role] = (train_mnist_vae(mnist[0], **kw) if role == "mnist_vae"
-                             else train_mnist_classifier(mnist[0], mnist[1], **kw))
+            experts[role] = (train_mnist_vae(mnist[0], **kw) if role == "mnist_vae"   # the oracle: a classifier
+                             else train_mnist_classifier(mnist[0], mnist[1], **{"name": role, **kw}))  # of its own
         else:
             experts[role] = _TRAINERS[role](world, **kw)
         if out_dir is not None:
