@@ -9,7 +9,7 @@ renders them with warnings as errors, so a broken internal link or a missing ima
                      nbdev's `#|` directive lines and `#| hide` cells, followed by the API of the module it
                      exports (`#| default_exp`), from autodoc: signatures and docstrings
 - `reports/NAME`     each executed experiment report reports/NAME.ipynb that `dvc repro` wrote (never re-executed)
-- `results`          tables generated from metrics/*.json, and the figures in reports/figures/NAME/
+- `results`          reports/results.ipynb, the executed results notebook: every metrics file as tables and figures
 - `reproduce`        how to rerun everything: README.md's "Set up" and "The pipeline" sections, and this site
 
 After the build every page is checked for assets loaded from another host: the site must render with no network.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import sys
@@ -105,98 +104,6 @@ def write_nb(nb: dict, path: Path):
 
 
 # ---------------------------------------------------------------- generated pages
-def fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return "–" if v is None else str(v)
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    if isinstance(v, dict) and "mean" in v:             # a metric with its spread over seeds
-        return fmt(v["mean"]) + (f" ± {fmt(v['std'])}" if v.get("std") is not None else "")
-    if isinstance(v, list):
-        return ", ".join(fmt(x) for x in v)
-    return str(v).replace("|", "\\|")
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    "Nested metrics as `a.b.c -> value`; a `{mean, std, n}` record is one value."
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and "mean" not in v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def list_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [":::{list-table}", ":header-rows: 1", ":class: ginn-metrics", ""]
-    for row in [header, *rows]:
-        lines += [f"* - {row[0]}"] + [f"  - {c}" for c in row[1:]]
-    return "\n".join(lines + [":::", ""])
-
-
-FIRST_COLUMNS = ["nats", "bits_per_dim", "mi", "diversity", "fd"]   # then the others, as the file lists them
-
-
-def experiment_tables(name: str, m: dict) -> str:
-    "The tables of an experiment's metrics: per layer and model, the claims it tests, the references."
-    parts = []
-    info = ", ".join(f"{k} = {fmt(m[k])}" for k in ("profile", "n_test", "seeds") if k in m)
-    if info:
-        parts.append(f"Run: {info}.\n")
-    layers = m.get("layers", {})
-    names = list(dict.fromkeys(k for models in layers.values() for per in models.values() for k in flatten(per)))
-    names.sort(key=lambda k: FIRST_COLUMNS.index(k) if k in FIRST_COLUMNS else len(FIRST_COLUMNS))
-    rows = [[f"`{layer}`", model, *[fmt(flatten(per).get(k)) for k in names]]
-            for layer, models in layers.items() for model, per in models.items()]
-    if rows:
-        parts.append(list_table(["layer", "model", *names], rows))
-    for section in ("claims", "reference"):
-        if isinstance(m.get(section), dict):
-            parts.append(f"**{section}**\n")
-            parts.append(list_table(["quantity", "value"],
-                                    [[f"`{k}`", fmt(v)] for k, v in flatten(m[section]).items()]))
-    rest = {k: v for k, v in m.items() if k not in ("profile", "n_test", "seeds", "layers", "claims", "reference")}
-    if rest:
-        parts.append(list_table(["quantity", "value"], [[f"`{k}`", fmt(v)] for k, v in flatten(rest).items()]))
-    return "\n".join(parts)
-
-
-def results_page(root: Path, src: Path, reports: dict[str, str]) -> str:
-    lines = ["# Results", "",
-             "Every number below is read at build time from the metrics files that `dvc repro` writes to "
-             "`metrics/`; `dvc metrics show` prints the same. Each experiment links to its executed report.", ""]
-    files = sorted((root / "metrics").glob("*.json"))
-    if not files:
-        lines += ["No metrics yet: run `dvc repro` (see {doc}`reproduce`).", ""]
-    experts = root / "metrics" / "experts.json"
-    if experts.is_file():
-        m = json.loads(experts.read_text())
-        lines += ["## Experts", "",
-                  "The frozen experts trained by the `train_experts` stage, measured on held-out data "
-                  "(`metrics/experts.json`).", ""]
-        lines.append(list_table(["expert", "metric", "value"],
-                                [[f"`{role}`", f"`{k}`", fmt(v)] for role, per in m.items()
-                                 for k, v in (flatten(per).items() if isinstance(per, dict) else [("", per)])]))
-    for f in files:
-        if f == experts:
-            continue
-        name = f.stem
-        lines += [f"## {reports.get(name, name)}", ""]
-        if name in reports:
-            lines += [f"Experiment `{name}`: executed report {{doc}}`reports/{name}`, metrics `metrics/{name}.json`.", ""]
-        lines.append(experiment_tables(name, json.loads(f.read_text())))
-        figures = sorted((root / "reports" / "figures" / name).glob("*.png"))
-        for fig in figures:
-            dst = src / "results" / "figures" / name / fig.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(fig, dst)
-            lines += [f":::{{figure}} results/figures/{name}/{fig.name}", f":alt: {name}: {fig.stem}", "",
-                      f"`reports/figures/{name}/{fig.name}`", ":::", ""]
-    return "\n".join(lines)
-
-
 def readme_section(readme: str, heading: str) -> str:
     m = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
     return m.group(1).strip() if m else ""
@@ -228,9 +135,14 @@ def stage(root: Path, src: Path):
         if path.name.startswith("."):
             continue                                    # a report papermill is still writing
         nb = clean_notebook(read_nb(path))
+        if path.stem == "results":                      # the results notebook is the site's Results page
+            write_nb(nb, src / "results.ipynb")
+            continue
         write_nb(nb, src / "reports" / path.name)
         reports[path.stem] = title(nb, path.stem)
-    (src / "results.md").write_text(results_page(root, src, reports), encoding="utf-8")
+    if not (src / "results.ipynb").is_file():
+        (src / "results.md").write_text("# Results\n\nNo results yet: run `dvc repro` (see {doc}`reproduce`).\n",
+                                        encoding="utf-8")
     (src / "reproduce.md").write_text(reproduce_page(root), encoding="utf-8")
 
     def toctree(caption, entries):

@@ -35,7 +35,7 @@ __all__ = ['PROFILES', 'DATASETS', 'MODEL_KINDS', 'EXPERIMENT_SECTIONS', 'TRANSL
            'Layout', 'save_arrays', 'load_digits_split', 'prepare', 'stage_train_experts', 'DataFeature', 'one_hot',
            'feature_inputs', 'feature_expert', 'stage_extract', 'run_name', 'experiment_runs', 'pair_caches',
            'condition_array', 'build_translator', 'load_translator', 'train_run', 'stage_train_translator',
-           'stage_evaluate', 'main']
+           'execute_report', 'stage_evaluate', 'stage_results', 'main']
 
 # %% ../nbs/07_cli.ipynb #fd19b822
 PROFILES = ("default", "smoke", "paper")
@@ -449,26 +449,43 @@ def stage_train_translator(params: dict, layout: Layout, experiment: str, progre
     return summary
 
 # %% ../nbs/07_cli.ipynb #e36d0806
-def stage_evaluate(params: dict, layout: Layout, experiment: str, progress: bool = True) -> Path:
-    "Execute the experiment's notebook into `reports/<experiment>.ipynb`; returns its path."
+def execute_report(name: str, layout: Layout, parameters: dict, progress: bool = True) -> Path:
+    """Execute `nbs/experiments/<name>.ipynb` with papermill into `reports/<name>.ipynb`, written under a
+    temporary name and renamed only when the notebook ran to its end."""
     import papermill as pm
-    if experiment not in params["experiments"]:
-        raise ValueError(f"unknown experiment {experiment!r}; params.yaml lists {', '.join(params['experiments'])}")
-    report = layout.report(experiment)
+    report = layout.report(name)
     report.parent.mkdir(parents=True, exist_ok=True)
     tmp = report.with_name(f".{report.stem}.tmp.ipynb")
-    pm.execute_notebook(str(experiment_notebook(experiment, layout.root)), str(tmp), kernel_name="python3", language="python",
-                        parameters=dict(experiment=experiment, root=str(layout.root.resolve())),
+    pm.execute_notebook(str(experiment_notebook(name, layout.root)), str(tmp), kernel_name="python3",
+                        language="python", parameters={"root": str(layout.root.resolve()), **parameters},
                         cwd=str(layout.root), progress_bar=progress)
-    if not layout.metrics(experiment).is_file():
-        raise RuntimeError(f"{experiment_notebook(experiment, layout.root)} ran but wrote no "
-                           f"{layout.metrics(experiment)}; every experiment notebook must write its metrics")
     tmp.replace(report)
     return report
 
+
+def stage_evaluate(params: dict, layout: Layout, experiment: str, progress: bool = True) -> Path:
+    "Execute the experiment's notebook into `reports/<experiment>.ipynb`; returns its path."
+    if experiment not in params["experiments"]:
+        raise ValueError(f"unknown experiment {experiment!r}; params.yaml lists {', '.join(params['experiments'])}")
+    layout.metrics(experiment).unlink(missing_ok=True)
+    report = execute_report(experiment, layout, {"experiment": experiment}, progress)
+    if not layout.metrics(experiment).is_file():
+        report.unlink()
+        raise RuntimeError(f"{experiment_notebook(experiment, layout.root)} ran but wrote no "
+                           f"{layout.metrics(experiment)}; every experiment notebook must write its metrics")
+    return report
+
+
+def stage_results(params: dict, layout: Layout, progress: bool = True) -> Path:
+    "Execute the `results` notebook (tables and figures of every metrics file) into `reports/results.ipynb`."
+    missing = [n for n in ["experts", *params["experiments"]] if not layout.metrics(n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no metrics for {', '.join(missing)}: run `dvc repro` (the evaluate stages) first")
+    return execute_report("results", layout, {}, progress)
+
 # %% ../nbs/07_cli.ipynb #e751dbb5
 STAGES = {"prepare": prepare, "train-experts": stage_train_experts, "extract": stage_extract,
-          "train-translator": stage_train_translator, "evaluate": stage_evaluate}
+          "train-translator": stage_train_translator, "evaluate": stage_evaluate, "results": stage_results}
 
 
 def main(argv: list[str] | None = None) -> int:

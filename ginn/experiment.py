@@ -23,7 +23,8 @@ from .packaged import SPLITS
 from .world import load_world
 
 # %% auto #0
-__all__ = ['Experiment', 'finite_or_none', 'summary', 'fmt_spread', 'markdown_table', 'as_picture', 'image_grid', 'as_uint8']
+__all__ = ['FIRST_COLUMNS', 'Experiment', 'finite_or_none', 'summary', 'fmt', 'markdown_table', 'as_picture', 'image_grid',
+           'as_uint8', 'flatten', 'metrics_tables', 'experts_table']
 
 # %% ../nbs/06b_experiment.ipynb #159cae40
 class Experiment:
@@ -162,19 +163,26 @@ def summary(runs: list[dict]) -> dict:
     return {k: spread([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float)) and k != "n"}
 
 
-def fmt_spread(stat: dict | None, digits: int = 3) -> str:
-    "`mean ± std` (just the mean for one seed); `–` for a missing value."
-    if not stat or stat.get("mean") is None:
+def fmt(v) -> str:
+    """A number for a table, with 4 significant digits: a spread over seeds as `mean ± std` (just the mean for
+    one seed, whose std is undefined), `–` for a missing value."""
+    if v is None:
         return "–"
-    std = stat.get("std")
-    return f"{stat['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if stat.get("n", 1) > 1 and std is not None else "")
+    if isinstance(v, dict) and "mean" in v:
+        std = v.get("std")
+        defined = std is not None and np.isfinite(std) and v.get("n", 2) > 1
+        return fmt(v["mean"]) + (f" ± {fmt(std)}" if defined else "")
+    if isinstance(v, (float, np.floating)):
+        return "nan" if np.isnan(v) else f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(fmt(x) for x in v)
+    return str(v).replace("|", "\\|")
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
-    "A Markdown table (for `IPython.display.Markdown`); cells that are spreads are written `mean ± std`."
-    cell = lambda v: fmt_spread(v) if isinstance(v, dict) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    "A Markdown pipe table (for `IPython.display.Markdown`); numbers and spreads are written by `fmt`."
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]) + "\n"
 
 # %% ../nbs/06b_experiment.ipynb #5c12f968
 def as_picture(image) -> np.ndarray:
@@ -213,3 +221,44 @@ def as_uint8(images) -> np.ndarray:
     if isinstance(images, Tensor):
         images = images.detach().cpu().numpy()
     return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+# %% ../nbs/06b_experiment.ipynb #a68cfba5
+def flatten(d: dict, prefix: str = "") -> dict:
+    "Nested metrics as `a.b.c → value`; a `{mean, std, n}` spread is one value."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and "mean" not in v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+FIRST_COLUMNS = ["nats", "bits_per_dim", "mi", "diversity", "fd"]   # then the others, in the file's order
+
+
+def metrics_tables(m: dict) -> str:
+    "Markdown tables of one experiment's metrics file: per layer and model, then its claims and references."
+    parts = []
+    info = ", ".join(f"{k} = {fmt(m[k])}" for k in ("profile", "n_test", "seeds") if k in m)
+    if info:
+        parts.append(f"Run: {info}.\n")
+    layers = m.get("layers", {})
+    names = list(dict.fromkeys(k for models in layers.values() for per in models.values() for k in flatten(per)))
+    names.sort(key=lambda k: FIRST_COLUMNS.index(k) if k in FIRST_COLUMNS else len(FIRST_COLUMNS))
+    rows = [[f"`{layer}`", model, *[flatten(per).get(k) for k in names]]
+            for layer, models in layers.items() for model, per in models.items()]
+    if rows:
+        parts.append(markdown_table(["layer", "model", *names], rows))
+    for section in ("claims", "reference"):
+        if isinstance(m.get(section), dict) and m[section]:
+            parts.append(f"**{section}**\n\n" + markdown_table(["quantity", "value"],
+                                                               [[f"`{k}`", v] for k, v in flatten(m[section]).items()]))
+    return "\n".join(parts)
+
+
+def experts_table(m: dict) -> str:
+    "Markdown table of `metrics/experts.json`: every expert's quality numbers."
+    return markdown_table(["expert", "metric", "value"],
+                          [[f"`{role}`", f"`{k}`", v] for role, per in m.items()
+                           for k, v in (flatten(per).items() if isinstance(per, dict) else [("", per)])])
