@@ -5,6 +5,7 @@ The site is served from a local HTTP server and read in headless Chromium, as a 
 images decode, equations are typeset by MathJax, the console shows no error, search and navigation work, and no
 request leaves localhost. Screenshots of the pages go to test-artifacts/docs/. Without Chromium the browser tests
 skip (they fail instead when GINN_REQUIRE_BROWSER=1, as in CI)."""
+import importlib.util
 import json
 import os
 import re
@@ -12,7 +13,6 @@ import shutil
 import threading
 import time
 from functools import partial
-from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,35 +81,24 @@ def test_docs_reproduce_page_has_the_readme_commands(site):
     assert "dvc repro" in text and "_docs" in text
 
 
-class _Fetched(HTMLParser):
-    "The URLs a page has the browser fetch by itself: scripts, style sheets, icons, images, frames, media."
-    def __init__(self):
-        super().__init__()
-        self.urls = []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "link" and a.get("href") and not {"canonical", "alternate", "next", "prev", "search", "index",
-                                                    "author", "license", "help"} & set((a.get("rel") or "").split()):
-            self.urls.append(a["href"])
-        elif tag != "a":
-            self.urls += [a[k] for k in ("src", "data", "poster") if a.get(k)]
+def docs_builder():
+    "docs/build.py as a module (it is a script, not part of the package)."
+    spec = importlib.util.spec_from_file_location("ginn_docs_build", REPO / "docs" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_docs_load_nothing_from_the_network(site):
     "No page or style sheet names an asset on another host; MathJax is one of the site's own files."
     _, docs = site
-    remote = re.compile(r"^\s*(https?:)?//", re.I)
-    found = []
-    for page in docs.rglob("*.html"):
-        parser = _Fetched()
-        parser.feed(page.read_text())
-        found += [f"{page.relative_to(docs)}: {u}" for u in parser.urls if remote.match(u)]
-    for css in docs.rglob("*.css"):
-        found += [f"{css.relative_to(docs)}: {u}" for u in
-                  re.findall(r"""(?:url\(\s*['"]?|@import\s+['"])([^'")\s]+)""", css.read_text(errors="replace"))
-                  if remote.match(u)]
+    found = docs_builder().remote_assets(docs)          # what the page and style sheet parsers find
     assert not found, found
+    (docs / "_static" / "probe.css").write_text("@import 'https://example.org/x.css';")
+    try:                                                # and the check can fail
+        assert docs_builder().remote_assets(docs) == ["_static/probe.css: https://example.org/x.css"]
+    finally:
+        (docs / "_static" / "probe.css").unlink()
     assert (docs / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert 'src="../_static/mathjax/tex-chtml.js' in (docs / "library" / "00_flow.html").read_text()
 

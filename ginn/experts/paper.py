@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedded import Expert, _Frozen, _fit, _quiet_transformers, minilm_path, to_input
+from .embedded import Expert, TextExpert, _Frozen, _fit, _quiet_transformers, minilm_path, to_input
 from ..translator import atomic_save_safetensors, read_safetensors
 
 # %% auto #0
@@ -106,16 +106,6 @@ def pool_tokens(hidden: Tensor, mask: Tensor, pooling: str = "mean") -> Tensor:
     raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
 
 # %% ../../nbs/03c_paper_experts.ipynb #aa05b331
-def _text_batch(name: str, batch) -> list[str]:
-    if isinstance(batch, str):
-        raise TypeError(f"expert {name!r} encodes a list of str; wrap a single sentence as [sentence]")
-    if isinstance(batch, np.ndarray):
-        batch = batch.tolist()
-    if not isinstance(batch, (list, tuple)) or not all(isinstance(s, str) for s in batch):
-        raise TypeError(f"expert {name!r} encodes a list of str, got {type(batch).__name__}")
-    return list(batch)
-
-
 class SentenceEncoder(Expert):
     """Any transformers text encoder as the text expert f = Φ: `encode(list_of_str, tap)` → `(n, d)`.
     Taps: `embedding` (pooled as the model card says, normalised if it says so) and `cls`."""
@@ -166,7 +156,7 @@ class SentenceEncoder(Expert):
 
     def to_input(self, batch) -> list[str]:
         "Check that `batch` is a list (or tuple, or 1-d array) of strings."
-        return _text_batch(self.name, batch)
+        return TextExpert.to_input(self, batch)
 
     def _encode(self, texts: list[str], tap: str) -> Tensor:
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
