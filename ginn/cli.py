@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,18 +434,38 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
                 parameters=sum(p.numel() for p in model.parameters()))
 
 
+def _train_run_single_thread(args: tuple) -> dict:
+    "`train_run` in a worker process of `stage_train_translator`: one CPU thread, no progress bar."
+    torch.set_num_threads(1)
+    return train_run(*args, progress=False)
+
+
 def stage_train_translator(params: dict, layout: Layout, experiment: str, progress: bool = True) -> dict:
-    "Train every run of `experiment`; writes `models/translators/<experiment>/training.json` last."
+    """Train every run of `experiment`; writes `models/translators/<experiment>/training.json` last. On the CPU,
+    `workers` (a profile key, default 1) runs train side by side in processes of one thread each."""
     if experiment not in params["experiments"]:
         raise ValueError(f"unknown experiment {experiment!r}; params.yaml lists {', '.join(params['experiments'])}")
     tr = params[experiment]["translator"]
     out = layout.translators(experiment)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for condition, kind, seed in experiment_runs(tr):
-        if progress:
-            print(f"train_translator@{experiment}: {run_name(condition, kind, seed)}", flush=True)
-        runs.append(train_run(tr, layout, experiment, condition, kind, seed, params["device"], progress))
+    jobs = [(tr, layout, experiment, c, k, s, params["device"]) for c, k, s in experiment_runs(tr)]
+    workers = min(int(params.get("workers", 1)), len(jobs))
+    if workers > 1 and not (params["device"] != "cpu" and torch.cuda.is_available()):
+        runs = [None] * len(jobs)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_run_single_thread, job): i for i, job in enumerate(jobs)}
+            for done, future in enumerate(as_completed(futures), 1):
+                runs[futures[future]] = future.result()
+                r = runs[futures[future]]
+                if progress:
+                    print(f"train_translator@{experiment}: {done}/{len(jobs)} {run_name(r['condition'], r['kind'], r['seed'])}"
+                          f" ({r['steps']} steps, {r['seconds']:.0f} s, val NLL {r['val_nll']})", flush=True)
+    else:
+        runs = []
+        for job in jobs:
+            if progress:
+                print(f"train_translator@{experiment}: {run_name(*job[3:6])}", flush=True)
+            runs.append(train_run(*job, progress=progress))
     summary = {"experiment": experiment, "runs": runs}
     _write_json_atomic(summary, out / "training.json")
     return summary

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ginn.cli import (ROLE_TAPS, UNTRAINED_ROLES, DataFeature, Layout, check_params, feature_expert, feature_inputs,
@@ -245,3 +246,21 @@ def test_ctrl_c_leaves_no_finished_output_and_the_rerun_resumes(prepared):
     assert summary["runs"][0]["resumed"] is True
     assert (out / "world_classifier-last.cinn.seed0.safetensors").is_file()
     assert not list(ckpt_dir.iterdir())
+
+
+def test_parallel_workers_train_the_same_runs_as_one_process(prepared):
+    "`workers: 2` trains the runs in two one-thread processes; each run's result matches a run trained alone."
+    tr = {**TRANSLATOR, "conditions": ["world_classifier:last"], "models": ["cinn", "mlp"], "marginal": False,
+          "seeds": [0, 1], "train": {"steps": 4, "batch_size": 16}}
+    parallel = stage_train_translator({**with_experiment(TINY, "par", tr), "workers": 2}, prepared, "par",
+                                      progress=False)
+    assert [(r["condition"], r["kind"], r["seed"]) for r in parallel["runs"]] == [
+        ("world_classifier:last", k, s) for s in (0, 1) for k in ("cinn", "mlp")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = stage_train_translator(with_experiment(TINY, "one", tr), prepared, "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for p, a in zip(parallel["runs"], alone["runs"]):
+        assert p["final_loss"] == pytest.approx(a["final_loss"], rel=1e-5)
