@@ -33,7 +33,8 @@ def site(smoke_repo):
 
 
 def experiments(root):
-    return sorted(p.stem for p in (root / "reports").glob("*.ipynb") if not p.name.startswith("."))
+    "The experiments whose executed reports the site shows (the results notebook is the Results page instead)."
+    return sorted(p.stem for p in (root / "reports").glob("*.ipynb") if not p.name.startswith(".") and p.stem != "results")
 
 
 def html_text(html: str) -> str:

@@ -1,6 +1,7 @@
 """The whole DVC pipeline on the smoke profile, in a fresh copy of the repository: `dvc repro` runs every stage
 end to end, a second `dvc repro` does nothing, and changing a translator knob reruns only what is downstream."""
 import json
+import re
 import time
 
 import yaml
@@ -14,7 +15,7 @@ def test_smoke_repro_runs_every_stage(smoke_repo):
     root, log = smoke_repo
     names = yaml.safe_load((root / "params.yaml").read_text())["experiments"]
     expected = ["prepare", "train_experts", "extract"] + [f"{s}@{n}" for s in ("train_translator", "evaluate")
-                                                         for n in names] + ["docs"]
+                                                         for n in names] + ["results", "docs"]
     assert sorted(ran_stages(log)) == sorted(expected)
     experts = json.loads((root / "metrics" / "experts.json").read_text())
     assert {"world_vae", "oracle", "mnist_classifier"} <= set(experts)
@@ -25,7 +26,8 @@ def test_smoke_repro_runs_every_stage(smoke_repo):
         outputs = [o for c in report["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.get("output_type") == "error"]
         assert any("image/png" in o.get("data", {}) for o in outputs), "the report shows no figure"
-        assert any("| layer | model |" in "".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+        tables = ["".join(o.get("data", {}).get("text/markdown", "")) for o in outputs]
+        assert any(re.search(r"^\|( [^|]+ \|)? model \|", t, re.M) for t in tables), "the report shows no metrics table"
         pngs = list((root / "reports" / "figures" / name).glob("*.png"))
         assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     assert not list(root.glob("reports/.*.tmp*")) and not list((root / "models").glob(".checkpoints/*/*"))
@@ -47,4 +49,4 @@ def test_translator_knob_reruns_only_downstream(smoke_repo):
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     status = json.loads(dvc("status", "dvc.yaml", "--json", cwd=root).strip().splitlines()[-1])
     assert sorted(status) == [f"train_translator@{name}"]          # evaluate changes only when its inputs do
-    assert sorted(ran_stages(dvc("repro", cwd=root))) == sorted([f"train_translator@{name}", f"evaluate@{name}", "docs"])
+    assert sorted(ran_stages(dvc("repro", cwd=root))) == sorted([f"train_translator@{name}", f"evaluate@{name}", "results", "docs"])
