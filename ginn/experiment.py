@@ -207,8 +207,9 @@ def image_grid(rows: list[list], row_labels: list[str] | None = None, col_titles
             if j < len(row) and row[j] is not None:
                 pic = as_picture(row[j])
                 ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1 if pic.dtype != np.uint8 else 255)
-            else:
-                ax.axis("off")
+            else:                                   # an empty cell: no frame, but its row label still shows
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
         if row_labels:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=fontsize, rotation=0, ha="right", va="center")
     for ax, title in zip(axes[0], col_titles or []):
