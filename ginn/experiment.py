@@ -135,7 +135,7 @@ class Experiment:
         folder = self.layout.figures(self.name)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{stem}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")   # row labels may reach past the axes
         return path
 
     def write_metrics(self, metrics: dict) -> Path:
