@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from functools import partial
+from html import unescape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,7 +39,8 @@ def experiments(root):
 
 
 def html_text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    "The text of an HTML page: tags dropped, entities (`&#64;` for `@`) decoded, whitespace collapsed."
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
 
 
 def test_docs_site_has_every_page(site):

@@ -208,12 +208,14 @@ def test_evaluate_experts_reports_every_role(trained, held_out):
     experts = dict(world_vae=trained["vae"], world_classifier=trained["classifier"],
                    world_segmenter=trained["segmenter"], oracle=oracle,
                    lowres_vae=ConvVAE(size=16, latent_dim=32), mnist_vae=ConvVAE(size=28, channels=1, latent_dim=32),
-                   mnist_classifier=ConvClassifier(heads={"digit": 10}, size=28, channels=1))
+                   mnist_classifier=ConvClassifier(heads={"digit": 10}, size=28, channels=1),
+                   mnist_oracle=ConvClassifier(heads={"digit": 10}, size=28, channels=1, width=8))
     q = evaluate_experts(experts, held_out, load_mnist("test"))
     assert set(q) == set(EXPERT_ROLES)
     assert set(q["world_classifier"]) == {f"acc_{k}" for k in WORLD_HEADS}
     assert set(q["oracle"]["classifier"]) == {f"acc_{k}" for k in ORACLE_HEADS}
     assert set(q["mnist_classifier"]) == {"acc_digit"} and 0 <= q["mnist_classifier"]["acc_digit"] <= 1
+    assert set(q["mnist_oracle"]) == {"acc_digit"}
     assert all(isinstance(q[r]["psnr"], float) for r in ("world_vae", "lowres_vae", "mnist_vae"))
     assert 0 <= q["world_segmenter"]["miou"] <= 1
 
