@@ -35,9 +35,9 @@ __all__ = ['PROFILES', 'DATASETS', 'MODEL_KINDS', 'EXPERIMENT_SECTIONS', 'TRANSL
            'ROLE_INPUT', 'UNTRAINED_ROLES', 'MARGINAL', 'STAGES', 'parse_feature', 'feature_input', 'feature_name',
            'check_world', 'check_experts', 'check_experiment', 'experiment_notebook', 'check_params', 'load_params',
            'Layout', 'save_arrays', 'load_digits_split', 'prepare', 'stage_train_experts', 'DataFeature', 'one_hot',
-           'feature_inputs', 'feature_expert', 'stage_extract', 'run_name', 'experiment_runs', 'pair_caches',
-           'condition_array', 'build_translator', 'load_translator', 'train_run', 'stage_train_translator',
-           'execute_report', 'stage_evaluate', 'stage_results', 'main']
+           'load_split', 'feature_inputs', 'feature_expert', 'stage_extract', 'run_name', 'experiment_runs',
+           'pair_caches', 'condition_array', 'build_translator', 'load_translator', 'train_run',
+           'stage_train_translator', 'execute_report', 'stage_evaluate', 'stage_results', 'main']
 
 # %% ../nbs/07_cli.ipynb #fd19b822
 PROFILES = ("default", "smoke", "paper")
@@ -312,13 +312,20 @@ def one_hot(labels, n: int) -> np.ndarray:
     return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
-def feature_inputs(spec: str, dataset: str, layout: Layout, split: str):
-    "What feature `spec` is computed from on `split` of `dataset`: an array, or a list of captions."
+def load_split(dataset: str, layout: Layout, split: str):
+    "A split as `prepare` wrote it: a `World`, or MNIST's `(images, labels)`."
+    return load_world(layout.data("world", split)) if dataset == "world" else load_digits_split(layout.data("mnist", split))
+
+
+def feature_inputs(spec: str, dataset: str, layout: Layout, split: str, data=None):
+    """What feature `spec` is computed from on `split` of `dataset`: an array, or a list of captions. `data` is the
+    split if it is already loaded (`load_split`), so that extraction reads each split once."""
     role, tap = parse_feature(spec)
+    data = load_split(dataset, layout, split) if data is None else data
     if dataset == "mnist":
-        images, labels = load_digits_split(layout.data("mnist", split))
+        images, labels = data
         return one_hot(labels, 10) if role == "digit" else images
-    world = load_world(layout.data("world", split))
+    world = data
     if role == "minilm":                        # one caption per scene
         if tap == "caption":                    # its first caption, in the training phrasing
             if not world.captions:
@@ -347,9 +354,11 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
     written, experts = [], {}
     for dataset in DATASETS:
         for split in SPLITS:
-            for spec in params["extract"].get(dataset) or []:
+            specs = params["extract"].get(dataset) or []
+            data = load_split(dataset, layout, split) if specs else None
+            for spec in specs:
                 role, tap = parse_feature(spec)
-                inputs = feature_inputs(spec, dataset, layout, split)
+                inputs = feature_inputs(spec, dataset, layout, split, data)
                 if role not in experts:
                     experts[role] = feature_expert(role, tap, layout, inputs)
                 expert_tap = None if role == "minilm" else tap      # MiniLM has one output: its embedding
