@@ -1,22 +1,14 @@
-"""Shared fixtures: small translators, one model trained on the linear-Gaussian toy, and the smoke pipeline run."""
-import os
+"""Shared fixtures: one model trained on the linear-Gaussian toy, and the smoke pipeline run. What tests import
+(small translators, the tiny pipeline parameters, running DVC) lives in tests/helpers.py."""
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
+from helpers import REPO, dvc, run
 
 from ginn.train import fit, linear_gaussian
 from ginn.translator import Translator
-
-SMALL = dict(n_flows=4, hidden_dim=32, hidden_depth=1, embedding_dim=8, cond_hidden_dim=16, cond_depth=1)
-
-
-def small_translator(dim=5, cond_dim=3, **kw):
-    return Translator(dim=dim, cond_dim=cond_dim, **{**SMALL, **kw})
 
 
 @pytest.fixture(scope="session")
@@ -33,25 +25,6 @@ def linear_gaussian_model():
 
 # ---------------------------------------------------------------- the smoke pipeline, run once per test session
 # tests/test_pipeline.py checks the pipeline itself, tests/test_docs.py the documentation site its `docs` stage builds.
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(cmd, cwd, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-    if proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout + proc.stderr
-
-
-def dvc(*args, cwd):
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def ran_stages(log: str) -> list[str]:
-    return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
-
-
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory):
     "A copy of the repository's files (what a clone would hold) with `profile: smoke`, as its own git repo."

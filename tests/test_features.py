@@ -308,7 +308,7 @@ def _fit_accepts_posterior_sources():
 @pytest.mark.skipif(not _fit_accepts_posterior_sources(),
                     reason="ginn.train does not call PosteriorSource.sample_rows yet (patch pending in nbs/05_train)")
 def test_fit_resamples_a_stochastic_cache_and_resumes_bit_exact(tmp_path, monkeypatch):
-    from conftest import small_translator
+    from helpers import small_translator
     from ginn.train import fit
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 6)).astype(np.float32)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ginn.flow import ActNorm, ConditionalFlow, CouplingNets, dense
-from conftest import small_translator
+from helpers import small_translator
 
 
 def _trained(tau, dim, cond_dim, steps=30):

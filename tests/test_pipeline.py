@@ -7,8 +7,8 @@ import time
 import yaml
 
 # `smoke_repo` (one `dvc repro` of the smoke profile per test session, shared with tests/test_docs.py) and the
-# helpers below live in tests/conftest.py.
-from conftest import dvc, ran_stages
+# helpers below live in tests/conftest.py and tests/helpers.py.
+from helpers import dvc, ran_stages
 
 
 def test_smoke_repro_runs_every_stage(smoke_repo):

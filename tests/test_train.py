@@ -5,7 +5,7 @@ import torch
 
 from ginn.train import CHECKPOINT_NAME, EpochBatches, fit, linear_gaussian, make_optimizer
 from ginn.translator import MLPTranslator, Translator
-from conftest import small_translator
+from helpers import small_translator
 
 
 @pytest.fixture(scope="module")

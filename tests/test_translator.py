@@ -6,7 +6,7 @@ import torch
 
 from ginn.flow import standard_normal_nll
 from ginn.translator import MLPTranslator, Translator
-from conftest import SMALL, small_translator
+from helpers import SMALL, small_translator
 
 
 @pytest.fixture
