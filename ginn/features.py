@@ -17,9 +17,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ginn
+from .experts.embedded import ROLES, Expert
+from .io import write_json
+from .world import DERIVED_INPUTS
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'hash_inputs', 'cache_files', 'extract', 'Cache', 'load_cache', 'check_pair', 'PosteriorSource']
+__all__ = ['CACHE_FORMAT', 'hash_inputs', 'parse_feature', 'feature_input', 'feature_name', 'DataFeature', 'one_hot',
+           'cache_files', 'extract', 'Cache', 'load_cache', 'check_pair', 'PosteriorSource']
 
 # %% ../nbs/04_features.ipynb #aeb3e051
 def _is_text(inputs) -> bool:
@@ -51,6 +55,75 @@ def _file_sha256(path: Path, block: int = 1 << 20) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/04_features.ipynb #ab698eb5
+def parse_feature(spec: str) -> tuple[str, str]:
+    """`'role:tap'` (or `'role'`, for its default tap) → `(role, tap)`, checked against the expert roles. A suffix
+    `@input` (`'world_classifier:middle@edges'`) names a derived input the expert reads; see `feature_input`."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a feature is written 'role:tap' (e.g. 'world_classifier:early'); got {spec!r}")
+    role, _, tap = spec.partition("@")[0].partition(":")
+    tapped = [r for r, row in ROLES.items() if row.taps]
+    if role not in tapped:
+        raise ValueError(f"unknown expert {role!r} in feature {spec!r}; the experts with features are "
+                         f"{', '.join(tapped)}")
+    taps = ROLES[role].taps
+    tap = tap or taps[0]
+    if tap not in taps:
+        raise ValueError(f"expert {role!r} has no tap {tap!r} (in feature {spec!r}); its taps are {', '.join(taps)}")
+    return role, tap
+
+
+def _reads_world_images(role: str) -> bool:
+    "Whether `role` is a trained expert of the world that reads its full-size images (so derived inputs fit it)."
+    row = ROLES[role]
+    return row.dataset == "world" and row.trainer is not None and row.input == "image"
+
+
+def feature_input(spec: str) -> str | None:
+    """The derived input of `spec` (`'...@edges'` → `'edges'`): the world's images as edges, masked or deformed
+    (`ginn.world.derived_input`), read by an image expert of the world; `None` for the expert's own input."""
+    role, _ = parse_feature(spec)
+    _, at, kind = spec.partition("@")
+    if not at:
+        return None
+    if kind not in DERIVED_INPUTS or not _reads_world_images(role):
+        raise ValueError(f"feature {spec!r}: '@{kind}' must name a derived input ({', '.join(DERIVED_INPUTS)}) "
+                         "read by an image expert of the world (a 32×32 world expert)")
+    return kind
+
+
+def feature_name(spec: str) -> str:
+    "The cache name of a feature: `'world_classifier:early'` → `'world_classifier-early'`, `'…@edges'` → `'…-edges'`."
+    role, tap = parse_feature(spec)
+    kind = feature_input(spec)
+    return f"{role}-{tap}" + (f"-{kind}" if kind else "")
+
+# %% ../nbs/04_features.ipynb #aa7d5eec
+class DataFeature(Expert):
+    """A feature read off the data, not computed by a network (an attribute vector, a domain or class
+    indicator): `encode` passes the vectors through, so it is cached, checked and paired like any expert's."""
+    input_kind = "vector"
+
+    def __init__(self, name: str, tap: str, dim: int):
+        super().__init__()
+        self.name, self.taps, self._output_shapes = name, (tap,), {tap: (dim,)}
+        self._config = dict(name=name, tap=tap, dim=dim)
+
+    def to_input(self, batch) -> Tensor:
+        x = torch.as_tensor(np.asarray(batch), dtype=torch.float32)
+        if x.dim() != 2 or x.shape[1] != self._output_shapes[self.taps[0]][0]:
+            raise ValueError(f"{self.name}: expected vectors of shape (n, {self._output_shapes[self.taps[0]][0]}), "
+                             f"got {tuple(x.shape)}")
+        return x
+
+    def _encode(self, x: Tensor, tap: str) -> Tensor:
+        return x
+
+
+def one_hot(labels, n: int) -> np.ndarray:
+    "Float32 `(len(labels), n)` one-hot rows."
+    return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+
 # %% ../nbs/04_features.ipynb #df5c7283
 CACHE_FORMAT = 1
 
@@ -64,15 +137,6 @@ def _check_name(name: str):
     if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith((".npy", ".json")):
         raise ValueError(f"cache name {name!r} must be a plain file stem such as 'vae_train' "
                          "(no directory, no leading dot, no .npy/.json suffix)")
-
-
-def _write_json_atomic(obj: dict, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _as_numpy(out, what: str, n_rows: int, rows: str) -> np.ndarray:
@@ -152,7 +216,7 @@ def extract(expert, inputs, out_dir: str | Path, name: str, tap: str | None = No
         meta = dict(format=CACHE_FORMAT, expert=expert.name, tap=tap, n=n, shape=next(iter(shapes.values())),
                     dtype="float32", stochastic=stochastic, source_sha256=source_hash, ginn_version=ginn.__version__,
                     files={k: {"file": f, "sha256": checksums[k]} for k, f in files.items()})
-        _write_json_atomic(meta, sidecar)               # last: the cache is complete only now
+        write_json(meta, sidecar)               # last: the cache is complete only now
         return sidecar
     finally:
         arrays.clear()

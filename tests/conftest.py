@@ -1,6 +1,7 @@
 """Shared fixtures: one model trained on the linear-Gaussian toy, and the smoke pipeline run. What tests import
 (small translators, the tiny pipeline parameters, running DVC) lives in tests/helpers.py."""
 import shutil
+import socket
 import subprocess
 import time
 
@@ -21,6 +22,22 @@ def linear_gaussian_model():
     # a short second phase at a lower rate and a larger batch removes most of the optimiser noise
     fit(tau, train["z_theta"], train["z_phi"], steps=400, batch_size=1024, lr=2e-4, progress=False)
     return tau.eval(), test
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    "Every socket use is recorded and refused: the returned list holds the attempts."
+    attempts = []
+
+    def refuse(*args, **kw):
+        attempts.append(args)
+        raise OSError("network access blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
 
 
 # ---------------------------------------------------------------- the smoke pipeline, run once per test session

@@ -9,6 +9,24 @@ from ginn.translator import Translator
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The parameters of a tiny embedded pipeline (two experts, a few scenes) and of one tiny experiment on it.
+TINY = {
+    "profile": "smoke", "experiments": [], "device": "cpu",
+    "world": {"splits": {"train": 96, "val": 32, "test": 32}, "seeds": {"train": 0, "val": 1, "test": 2},
+              "size": 32, "max_objects": 1, "n_captions": 1},
+    "experts": {"roles": ["world_vae", "world_classifier"],
+                "world_vae": {"epochs": 1, "latent_dim": 8, "width": 8},
+                "world_classifier": {"epochs": 1, "width": 8, "hidden": 16}},
+    "extract": {"batch_size": 64, "world": ["world_vae", "world_classifier:last", "world_classifier:early"],
+                "mnist": []},
+}
+TRANSLATOR = {"dataset": "world", "target": "world_vae", "conditions": ["world_classifier:last"],
+              "models": ["cinn"], "marginal": False, "seeds": [0],
+              "cinn": {"n_flows": 2, "hidden_dim": 16, "embedding_dim": 8, "cond_hidden_dim": 16},
+              "mlp": {"hidden_dim": 16, "depth": 2, "embedding_dim": 8, "cond_hidden_dim": 16},
+              "train": {"steps": 6, "batch_size": 16, "ckpt_every": 2}}
+
+
 SMALL = dict(n_flows=4, hidden_dim=32, hidden_depth=1, embedding_dim=8, cond_hidden_dim=16, cond_depth=1)
 
 

@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import small_translator
 
 import ginn
 from ginn import features
-from ginn.features import (Cache, PosteriorSource, cache_files, check_pair, extract, hash_inputs, load_cache)
+from ginn.features import (PosteriorSource, cache_files, check_pair, extract, hash_inputs, load_cache)
 
 
 class FakeExpert:
@@ -296,19 +297,7 @@ def test_cache_files_names():
     assert cache_files("z", True) == {"mean": "z.mean.npy", "std": "z.std.npy"}
 
 
-def _fit_accepts_posterior_sources():
-    from ginn.train import as_source
-    try:
-        as_source(PosteriorSource(np.zeros((2, 1), np.float32), np.ones((2, 1), np.float32)), "z")
-        return True
-    except TypeError:
-        return False
-
-
-@pytest.mark.skipif(not _fit_accepts_posterior_sources(),
-                    reason="ginn.train does not call PosteriorSource.sample_rows yet (patch pending in nbs/05_train)")
 def test_fit_resamples_a_stochastic_cache_and_resumes_bit_exact(tmp_path, monkeypatch):
-    from helpers import small_translator
     from ginn.train import fit
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 6)).astype(np.float32)

@@ -43,10 +43,30 @@ def test_second_repro_does_nothing(smoke_repo):
 
 def test_translator_knob_reruns_only_downstream(smoke_repo):
     root, _ = smoke_repo
-    raw = yaml.safe_load((root / "params.yaml").read_text())
+    # a JSON round trip gives every experiment its own dicts: params.yaml merges shared anchors, and PyYAML loads an
+    # alias as one object shared by every experiment that names it (editing it in place would edit them all)
+    raw = json.loads(json.dumps(yaml.safe_load((root / "params.yaml").read_text())))
     name = raw["experiments"][0]
     raw["smoke"][name]["translator"]["train"]["steps"] += 1
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     status = json.loads(dvc("status", "dvc.yaml", "--json", cwd=root).strip().splitlines()[-1])
     assert sorted(status) == [f"train_translator@{name}"]          # evaluate changes only when its inputs do
     assert sorted(ran_stages(dvc("repro", cwd=root))) == sorted([f"train_translator@{name}", f"evaluate@{name}", "results", "docs"])
+
+
+def test_editing_library_code_makes_its_stages_stale(smoke_repo):
+    "Every stage depends on the code it runs: an edit to a function `extract` calls marks extract and all after it."
+    root, _ = smoke_repo
+    world = root / "ginn" / "world.py"
+    source = world.read_text()
+    marker = "def derived_input("
+    assert marker in source
+    try:
+        world.write_text(source.replace(marker, "def derived_input(  # edited", 1))
+        stale = set(json.loads(dvc("status", "dvc.yaml", "--json", cwd=root).strip().splitlines()[-1]))
+    finally:
+        world.write_text(source)
+    names = yaml.safe_load((root / "params.yaml").read_text())["experiments"]
+    downstream = {"extract", "results", "docs"} | {f"{s}@{n}" for s in ("train_translator", "evaluate") for n in names}
+    assert downstream <= stale, sorted(downstream - stale)
+    assert "Data and pipelines are up to date" in dvc("status", "dvc.yaml", cwd=root)
