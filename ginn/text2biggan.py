@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .experts.embedded import Expert
+from .experts.embedded import Expert, TextExpert
 from .experts.paper import (BigGANExpert, Captioner, DequantizationVAE, SentenceEncoder, image_scores,
                                 small_biggan_config, tiny_captioner, train_dequantizer)
 from .config import load_params
@@ -51,10 +51,10 @@ def make_biggan(spec: dict, device="cpu") -> BigGANExpert:
     return g.to(device).freeze()
 
 
-def make_text_expert(spec: dict, device="cpu") -> SentenceEncoder:
+def make_text_expert(spec: dict, device="cpu") -> SentenceEncoder | TextExpert:
     "The sentence encoder f = Φ from `{model: HUB_NAME | DIR | minilm}`."
     if spec["model"] == "minilm":
-        return SentenceEncoder.minilm(device=device)
+        return TextExpert(device=device)        # the packaged MiniLM
     return SentenceEncoder.from_pretrained(spec["model"], name="sentence", device=device)
 
 

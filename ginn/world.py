@@ -568,17 +568,12 @@ WORLD_FORMAT = "ginn-world-1"
 
 def save_world(world: World, path: str | Path) -> Path:
     "Write `world` to `path` (`.npz`, compressed, no pickles) atomically; returns the path."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ginn.io import save_npz               # ginn.io imports torch: only when a world is saved
     arrays = {name: getattr(world, name) for name in MODALITIES + _ATTRIBUTES}
     arrays.update({f"objects.{k}": v for k, v in world.objects.items()})
     arrays["captions"] = np.array(world.captions, dtype=str).reshape(len(world), -1)
     arrays["format"], arrays["seed"] = np.array(WORLD_FORMAT), np.array(world.seed)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    tmp.replace(path)
-    return path
+    return save_npz(path, **arrays)
 
 
 def load_world(path: str | Path) -> World:

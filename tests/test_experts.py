@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ginn.experts.embedded import (EXPERT_ROLES, ORACLE_HEADS, WORLD_HEADS, ConvClassifier, ConvSegmenter, ConvVAE,
-                                   Expert, Oracle, TextExpert, classifier_accuracy, evaluate_experts, load_expert,
-                                   save_expert, segmentation_iou, segmenter_miou, to_input, train_experts,
-                                   train_segmenter, train_vae, train_world_classifier, train_world_segmenter,
-                                   train_world_vae, vae_psnr, world_targets)
+from ginn.experts.embedded import (ORACLE_HEADS, ROLES, TRAINED_ROLES, WORLD_HEADS, ConvClassifier, ConvSegmenter,
+                                   ConvVAE, Expert, Oracle, TextExpert, classifier_accuracy, evaluate_experts,
+                                   load_expert, one_hot_argmax, save_expert, segmentation_iou, segmenter_miou,
+                                   to_input, train_experts, train_segmenter, train_vae, train_world_classifier,
+                                   train_world_segmenter, train_world_vae, vae_psnr, world_targets)
 from ginn.translator import Translator
 from ginn.world import make_world
 
@@ -196,6 +196,36 @@ def test_trainer_input_errors(world):
         train_experts(world, roles=("mnist_vae",))
 
 
+def test_roles_table_is_the_one_list_of_roles():
+    "Trained experts first, in table order; the four features read off the data last; taps stated once."
+    assert TRAINED_ROLES == ("world_vae", "world_classifier", "world_segmenter", "oracle", "lowres_vae", "mnist_vae",
+                             "mnist_classifier", "mnist_oracle")
+    assert list(ROLES) == [*TRAINED_ROLES, "minilm", "attributes", "domain", "digit"]
+    for name, role in ROLES.items():
+        assert role.dataset in ("world", "mnist") and role.taps is not None, name
+        if name in TRAINED_ROLES:
+            assert callable(role.trainer) and role.taps == (() if "oracle" in name else role.expert.taps), name
+        else:
+            assert role.trainer is None and role.taps, name
+    with pytest.raises(AttributeError):
+        ROLES["world_vae"].taps = ("x",)                          # frozen
+    world = make_world(2, seed=0, n_captions=0)
+    for name, make in IMAGE_EXPERTS.items():                      # what the role reads fits its expert
+        if name in ROLES:
+            e, role = make(), ROLES[name]
+            assert type(e) is role.expert and e.taps == role.taps, name
+            if role.dataset == "world":
+                c, h, w = e.input_shape
+                assert getattr(world, role.input).shape[1:] == (h, w, c), name
+
+
+def test_one_hot_argmax():
+    logits = torch.tensor([[[[0.0, 2.0]], [[1.0, -1.0]], [[0.5, 0.0]]]])          # (1, 3, 1, 2)
+    onehot = one_hot_argmax(logits)
+    assert onehot.shape == (1, 3, 1, 2) and onehot.dtype == torch.float32
+    assert onehot[0, :, 0, 0].tolist() == [0.0, 1.0, 0.0] and onehot[0, :, 0, 1].tolist() == [1.0, 0.0, 0.0]
+
+
 def test_segmentation_iou_by_hand():
     miou, iou = segmentation_iou(np.array([[0, 0, 1, 1]]), np.array([[0, 1, 1, 1]]), 3)
     assert iou[0] == pytest.approx(1 / 2) and iou[1] == pytest.approx(2 / 3) and math.isnan(iou[2])
@@ -211,7 +241,7 @@ def test_evaluate_experts_reports_every_role(trained, held_out):
                    mnist_classifier=ConvClassifier(heads={"digit": 10}, size=28, channels=1),
                    mnist_oracle=ConvClassifier(heads={"digit": 10}, size=28, channels=1, width=8))
     q = evaluate_experts(experts, held_out, load_mnist("test"))
-    assert set(q) == set(EXPERT_ROLES)
+    assert set(q) == set(TRAINED_ROLES)
     assert set(q["world_classifier"]) == {f"acc_{k}" for k in WORLD_HEADS}
     assert set(q["oracle"]["classifier"]) == {f"acc_{k}" for k in ORACLE_HEADS}
     assert set(q["mnist_classifier"]) == {"acc_digit"} and 0 <= q["mnist_classifier"]["acc_digit"] <= 1

@@ -10,7 +10,9 @@ import math
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,15 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..translator import atomic_save_safetensors, read_safetensors
+from ..io import Savable, load_savable, read_safetensors
 
 # %% auto #0
-__all__ = ['INPUT_KINDS', 'LEAKY', 'WORLD_HEADS', 'ORACLE_HEADS', 'EXPERT_FORMAT', 'EXPERT_ROLES', 'EXPERT_PROFILES', 'to_input',
-           'Expert', 'ConvVAE', 'ConvClassifier', 'ConvSegmenter', 'Oracle', 'minilm_path', 'TextExpert', 'train_vae',
-           'train_classifier', 'train_segmenter', 'world_targets', 'train_world_vae', 'train_lowres_vae',
-           'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae', 'train_mnist_classifier',
-           'train_oracle', 'vae_psnr', 'classifier_accuracy', 'segmentation_iou', 'segmenter_miou', 'evaluate_expert',
-           'evaluate_experts', 'save_expert', 'load_expert', 'train_experts', 'load_experts']
+__all__ = ['EXPERT_FORMAT', 'INPUT_KINDS', 'LEAKY', 'WORLD_HEADS', 'ORACLE_HEADS', 'ROLES', 'TRAINED_ROLES', 'to_input', 'Expert',
+           'vae_loss', 'ConvVAE', 'ConvClassifier', 'one_hot_argmax', 'Segmenter', 'ConvSegmenter', 'Oracle',
+           'minilm_path', 'TextExpert', 'train_vae', 'train_classifier', 'train_segmenter', 'world_targets',
+           'train_world_vae', 'train_lowres_vae', 'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae',
+           'train_mnist_classifier', 'train_mnist_oracle', 'train_oracle', 'vae_psnr', 'classifier_accuracy',
+           'segmentation_iou', 'segmenter_miou', 'evaluate_expert', 'evaluate_experts', 'save_expert', 'load_expert',
+           'Role', 'train_experts', 'load_experts']
 
 # %% ../../nbs/03_experts.ipynb #1c118a33
 def to_input(images) -> Tensor:
@@ -102,6 +105,14 @@ def _unfrozen(model: _Frozen):
         model.freeze()
 
 
+EXPERT_FORMAT = "ginn-expert-1"
+
+
+class _Saved(Savable):
+    "An expert trained here: `save_expert` writes it, tagged `EXPERT_FORMAT`, and `load_expert` reads it back."
+    FORMAT = EXPERT_FORMAT
+
+
 INPUT_KINDS = ("image", "text", "vector")
 
 
@@ -170,16 +181,26 @@ class Expert(_Frozen):
 LEAKY = 0.2
 
 
-class ConvVAE(Expert):
+def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode) -> tuple[Tensor, Tensor]:
+    """The paper's Eq. 14 with γ at its optimum, per sample: `(D/2 log MSE + KL, MSE)` of a batch `x` of `D` values
+    per row, given the posterior `(mean, logvar)` of its codes and the `decode` that maps a code sample back."""
+    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    mse = (decode(z) - x).pow(2).mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+    return 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl, mse
+
+
+class ConvVAE(_Saved, Expert):
     "A convolutional VAE on `size` x `size` images with `channels` channels and a `latent_dim`-d posterior."
     stochastic = True
+    taps = ("z",)
 
     def __init__(self, name: str = "vae", size: int = 32, channels: int = 3, latent_dim: int = 64, width: int = 32):
         super().__init__()
         if size < 8 or size % 2:
             raise ValueError(f"ConvVAE needs an even image size >= 8, got size={size}")
         self._config = dict(name=name, size=size, channels=channels, latent_dim=latent_dim, width=width)
-        self.name, self.taps, self.input_shape = name, ("z",), (channels, size, size)
+        self.name, self.input_shape = name, (channels, size, size)
         self.latent_dim, self._output_shapes = latent_dim, {"z": (latent_dim,)}
         layers, c, s, w = [], channels, size, width
         while s % 2 == 0 and s > 4:
@@ -220,12 +241,8 @@ class ConvVAE(Expert):
             return torch.cat([self._decode(part.float().to(self.device)) for part in z.split(self.batch_size)])
 
     def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        "Eq. 14 with γ at its optimum, per sample: `(D/2 log MSE + KL, MSE)` of a batch `x` (float NCHW)."
-        mean, logvar = self._posterior(x)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        mse = (self._decode(z) - x).pow(2).mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-        return 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl, mse
+        "`vae_loss` of a batch `x` (float NCHW): `(D/2 log MSE + KL, MSE)`."
+        return vae_loss(x, *self._posterior(x), self._decode)
 
 # %% ../../nbs/03_experts.ipynb #53062b4d
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -236,9 +253,9 @@ WORLD_HEADS = {"shape": 6, "colour": 8, "size": 3, "scene": 4}
 ORACLE_HEADS = {**WORLD_HEADS, "position": 9}
 
 
-class ConvClassifier(Expert):
+class ConvClassifier(_Saved, Expert):
     "A VGG-style CNN with one linear head per attribute in `heads` (name → number of classes)."
-    default_tap = "last"
+    taps = ("last", "early", "middle", "logits")
 
     def __init__(self, name: str = "classifier", heads: dict | None = None, size: int = 32, channels: int = 3,
                  width: int = 16, hidden: int = 128):
@@ -250,7 +267,6 @@ class ConvClassifier(Expert):
             raise ValueError(f"ConvClassifier needs images of at least 8x8 pixels, got size={size}")
         self._config = dict(name=name, heads=heads, size=size, channels=channels, width=width, hidden=hidden)
         self.name, self.input_shape, self.head_sizes = name, (channels, size, size), heads
-        self.taps = ("last", "early", "middle", "logits")
         w = width
         self.stem = nn.Sequential(*_conv(channels, w), *_conv(w, w), nn.MaxPool2d(2))
         self.early = nn.Sequential(*_conv(w, 2 * w), *_conv(2 * w, 2 * w), nn.MaxPool2d(2))
@@ -285,7 +301,37 @@ class ConvClassifier(Expert):
         return {k: v.argmax(1) for k, v in self.head_logits(self.encode(images, "logits")).items()}
 
 # %% ../../nbs/03_experts.ipynb #c1e2c626
-class ConvSegmenter(Expert):
+def one_hot_argmax(logits: Tensor) -> Tensor:
+    "The `argmax` tap of a segmenter: the float one-hot `(n, K, H, W)` of the top class of `logits` `(n, K, H, W)`."
+    return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
+
+
+class Segmenter(Expert):
+    """Base of the segmenters f (this U-Net, torchvision's DeepLabV3): taps `argmax` (the default) and `logits`, read
+    at `tap_size` x `tap_size`, and `segment` for full-resolution label maps. A subclass sets `n_classes` and
+    `tap_size` and gives `_logits(x, size)`: logits `(n, n_classes, size, size)`, at the input's size for `None`."""
+    taps = ("argmax", "logits")
+    n_classes: int
+    tap_size: int
+
+    @property
+    def _output_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {t: (self.n_classes, self.tap_size, self.tap_size) for t in self.taps}
+
+    def _logits(self, x: Tensor, size: int | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def _encode(self, x: Tensor, tap: str) -> Tensor:
+        logits = self._logits(x, self.tap_size)
+        return logits if tap == "logits" else one_hot_argmax(logits)
+
+    def segment(self, images) -> Tensor:
+        "Full-resolution label maps, LongTensor `(n, H, W)`."
+        with torch.no_grad():
+            return torch.cat([self._logits(x).argmax(1) for x in self._chunks(images)])
+
+
+class ConvSegmenter(_Saved, Segmenter):
     "A small U-Net predicting `n_classes` label maps; taps `argmax` and `logits` at `tap_size` x `tap_size`."
 
     def __init__(self, name: str = "segmenter", n_classes: int = 7, size: int = 32, channels: int = 3,
@@ -298,8 +344,6 @@ class ConvSegmenter(Expert):
         self._config = dict(name=name, n_classes=n_classes, size=size, channels=channels, width=width,
                             tap_size=tap_size)
         self.name, self.input_shape, self.n_classes, self.tap_size = name, (channels, size, size), n_classes, tap_size
-        self.taps = ("argmax", "logits")
-        self._output_shapes = {t: (n_classes, tap_size, tap_size) for t in self.taps}
         w = width
         self.enc_full = nn.Sequential(*_conv(channels, w), *_conv(w, w))
         self.enc_half = nn.Sequential(nn.MaxPool2d(2), *_conv(w, 2 * w), *_conv(2 * w, 2 * w))
@@ -310,31 +354,19 @@ class ConvSegmenter(Expert):
         self.out = nn.Conv2d(2 * w, n_classes, 1)
         self.freeze()
 
-    def _logits(self, x: Tensor) -> Tensor:
-        "Full-resolution logits `(n, n_classes, H, W)` (with gradients when unfrozen)."
+    def _logits(self, x: Tensor, size: int | None = None) -> Tensor:
+        "Logits `(n, n_classes, size, size)` (with gradients when unfrozen), average-pooled from full resolution."
         a = self.enc_full(x)
         b = self.enc_half(a)
         c = self.enc_quarter(b)
         g = self.context(c).expand(-1, -1, *c.shape[-2:])
         d = self.up_quarter(torch.cat([c, g], 1))
         d = self.up_half(torch.cat([F.interpolate(d, size=b.shape[-2:], mode="bilinear"), b], 1))
-        return self.out(torch.cat([F.interpolate(d, size=a.shape[-2:], mode="bilinear"), a], 1))
-
-    def _encode(self, x: Tensor, tap: str) -> Tensor:
-        logits = self._logits(x)
-        if self.tap_size != logits.shape[-1]:
-            logits = F.avg_pool2d(logits, logits.shape[-1] // self.tap_size)
-        if tap == "logits":
-            return logits
-        return F.one_hot(logits.argmax(1), self.n_classes).permute(0, 3, 1, 2).float()
-
-    def segment(self, images) -> Tensor:
-        "Full-resolution label maps, LongTensor `(n, H, W)`."
-        with torch.no_grad():
-            return torch.cat([self._logits(x).argmax(1) for x in self._chunks(images)])
+        logits = self.out(torch.cat([F.interpolate(d, size=a.shape[-2:], mode="bilinear"), a], 1))
+        return logits if size is None or size == logits.shape[-1] else F.avg_pool2d(logits, logits.shape[-1] // size)
 
 # %% ../../nbs/03_experts.ipynb #a1ee2bb6
-class Oracle(_Frozen):
+class Oracle(_Saved, _Frozen):
     "A separately trained classifier and segmenter that score generated images; never used as an expert."
     name = "oracle"
 
@@ -571,15 +603,20 @@ def train_world_segmenter(world, *, name: str = "world_segmenter", **kw) -> Conv
     return train_segmenter(world.image, world.labels, n_classes=7, name=name, **kw)
 
 
-def train_mnist_vae(images, *, name: str = "mnist_vae", latent_dim: int = 32, epochs: int = 15, **kw) -> ConvVAE:
-    "The autoencoder g of the MNIST experiment, on uint8 digits (n, 28, 28)."
-    return train_vae(images, name=name, latent_dim=latent_dim, epochs=epochs, **kw)
+def train_mnist_vae(mnist, *, name: str = "mnist_vae", latent_dim: int = 32, epochs: int = 15, **kw) -> ConvVAE:
+    "The autoencoder g of the MNIST experiment, on the uint8 digits (n, 28, 28) of `mnist` = `(images, labels)`."
+    return train_vae(mnist[0], name=name, latent_dim=latent_dim, epochs=epochs, **kw)
 
 
-def train_mnist_classifier(images, labels, *, name: str = "mnist_classifier", epochs: int = 8,
-                           **kw) -> ConvClassifier:
-    "The classifier f of the MNIST experiment: one head `digit`."
+def train_mnist_classifier(mnist, *, name: str = "mnist_classifier", epochs: int = 8, **kw) -> ConvClassifier:
+    "The classifier f of the MNIST experiment: one head `digit`, trained on `mnist` = `(images, labels)`."
+    images, labels = mnist
     return train_classifier(images, {"digit": labels}, heads={"digit": 10}, name=name, epochs=epochs, **kw)
+
+
+def train_mnist_oracle(mnist, *, name: str = "mnist_oracle", **kw) -> ConvClassifier:
+    "The MNIST oracle: a classifier of its own (give it its own seed and width), which scores generated digits."
+    return train_mnist_classifier(mnist, name=name, **kw)
 
 
 def train_oracle(world, *, classifier_width: int = 20, segmenter_width: int = 12, epochs: int = 3,
@@ -666,11 +703,9 @@ def evaluate_experts(experts: dict, world=None, mnist=None) -> dict[str, dict]:
     return {role: evaluate_expert(e, world, mnist) for role, e in experts.items() if not isinstance(e, TextExpert)}
 
 # %% ../../nbs/03_experts.ipynb #e407ba94
-EXPERT_FORMAT = "ginn-expert-1"
-
-
 def _savable_classes() -> dict:
-    return {cls.__name__: cls for cls in (ConvVAE, ConvClassifier, ConvSegmenter, Oracle)}
+    "The classes of the experts trained here (ConvVAE, ConvClassifier, ConvSegmenter, Oracle), by name."
+    return {cls.__name__: cls for cls in _Saved.__subclasses__()}
 
 
 def save_expert(expert, path: str | Path) -> Path:
@@ -679,69 +714,76 @@ def save_expert(expert, path: str | Path) -> Path:
         raise TypeError(f"the text expert {expert.name!r} needs no saving: TextExpert() loads it from its package")
     if type(expert).__name__ not in _savable_classes():
         raise TypeError(f"save_expert saves {', '.join(_savable_classes())}; got {type(expert).__name__}")
-    path = Path(path)
-    meta = {"format": EXPERT_FORMAT, "ginn_class": type(expert).__name__, "config": json.dumps(expert.config),
-            "info": json.dumps(expert.info)}
-    atomic_save_safetensors(expert.state_dict(), path, meta)
-    return path
+    return expert.save(path)
 
 
 def load_expert(path: str | Path, map_location: str | torch.device = "cpu"):
     "Load an expert (or the oracle) saved by `save_expert`: frozen, on `map_location`; never unpickles."
-    tensors, meta = read_safetensors(path)
     classes = _savable_classes()
-    if meta.get("format") != EXPERT_FORMAT or "config" not in meta:
-        what = f"a {meta['ginn_class']} checkpoint" if "ginn_class" in meta else "no ginn expert"
-        raise ValueError(f"{path} is not a ginn expert file (it holds {what}): save experts with save_expert")
-    if meta.get("ginn_class") not in classes:
-        raise ValueError(f"{path} holds an unknown expert class {meta.get('ginn_class')!r}; "
-                         f"known: {', '.join(classes)}")
     try:
-        config, info = json.loads(meta["config"]), json.loads(meta.get("info", "{}"))
-        expert = classes[meta["ginn_class"]].from_config(config)
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: the saved config cannot rebuild a {meta['ginn_class']} ({e}); the file is corrupt")
-    try:
-        expert.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match the saved config ({e}); the file is corrupt") from e
-    expert.info = info
-    return expert.to(map_location).freeze()
+        return load_savable(path, classes, map_location).freeze()
+    except ValueError:                          # say in an expert's terms what the file holds instead
+        _, meta = read_safetensors(path)
+        if meta.get("format") != EXPERT_FORMAT:
+            what = f"a {meta['ginn_class']} checkpoint" if "ginn_class" in meta else "no ginn expert"
+            raise ValueError(f"{path} is not a ginn expert file (it holds {what}): save experts with save_expert")
+        if meta.get("ginn_class") not in classes:
+            raise ValueError(f"{path} holds an unknown expert class {meta.get('ginn_class')!r}; "
+                             f"known: {', '.join(classes)}")
+        raise
 
 # %% ../../nbs/03_experts.ipynb #66311bab
-EXPERT_ROLES = ("world_vae", "world_classifier", "world_segmenter", "oracle", "lowres_vae", "mnist_vae",
-                "mnist_classifier", "mnist_oracle")
-EXPERT_PROFILES = {
-    "default": {role: {} for role in EXPERT_ROLES},
-    "smoke": {role: {"epochs": 1} for role in EXPERT_ROLES},
+@dataclass(frozen=True)
+class Role:
+    "One expert role of the pipeline: the data it reads, the expert that computes it, how it is trained, its taps."
+    dataset: str                    # the data set it reads and is trained on: "world" or "mnist"
+    input: str                      # what it reads there: a `World` modality ("image", "low16"), the MNIST "image",
+                                    # or, for a feature read off the data, the record it is computed from
+    expert: type | None             # the class of its expert; None for a feature read off the data
+    trainer: Callable | None        # `trainer(data, **settings)` → the trained expert, `data` being a `World` or
+                                    # MNIST's `(images, labels)`; None for a role that needs no training
+    taps: tuple[str, ...]           # the features it gives, the default first; () for an oracle, which only scores
+
+
+ROLES: dict[str, Role] = {
+    "world_vae": Role("world", "image", ConvVAE, train_world_vae, ConvVAE.taps),
+    "world_classifier": Role("world", "image", ConvClassifier, train_world_classifier, ConvClassifier.taps),
+    "world_segmenter": Role("world", "image", ConvSegmenter, train_world_segmenter, ConvSegmenter.taps),
+    "oracle": Role("world", "image", Oracle, train_oracle, ()),
+    "lowres_vae": Role("world", "low16", ConvVAE, train_lowres_vae, ConvVAE.taps),
+    "mnist_vae": Role("mnist", "image", ConvVAE, train_mnist_vae, ConvVAE.taps),
+    "mnist_classifier": Role("mnist", "image", ConvClassifier, train_mnist_classifier, ConvClassifier.taps),
+    "mnist_oracle": Role("mnist", "image", ConvClassifier, train_mnist_oracle, ()),
+    # the packaged text expert on one caption per scene: in the training phrasing, or a held-out paraphrase
+    "minilm": Role("world", "caption", TextExpert, None, ("caption", "paraphrase")),
+    "attributes": Role("world", "attributes", None, None, ("vector",)),   # `ginn.world.attributes_vector`
+    "domain": Role("world", "scene", None, None, ("night",)),             # one-hot [day, night] scene
+    "digit": Role("mnist", "label", None, None, ("onehot",)),             # the MNIST class, one-hot
 }
-_TRAINERS = {"world_vae": train_world_vae, "world_classifier": train_world_classifier,
-             "world_segmenter": train_world_segmenter, "oracle": train_oracle, "lowres_vae": train_lowres_vae}
+TRAINED_ROLES = tuple(name for name, role in ROLES.items() if role.trainer is not None)
 
 
 def train_experts(world, mnist=None, out_dir: str | Path | None = None, settings: dict | None = None,
-                  roles=EXPERT_ROLES, progress: bool = True) -> dict:
+                  roles=TRAINED_ROLES, progress: bool = True) -> dict:
     """Train the experts of `roles` on `world` (a World) and `mnist` (train images, labels), with trainer keyword
     arguments `settings[role]`; save each as `out_dir/<role>.safetensors` if `out_dir` is given."""
     settings = settings or {}
-    unknown = (set(roles) | set(settings)) - set(EXPERT_ROLES)
+    unknown = (set(roles) | set(settings)) - set(TRAINED_ROLES)
     if unknown:
-        raise ValueError(f"unknown expert roles {sorted(unknown)}; the roles are {', '.join(EXPERT_ROLES)}")
+        raise ValueError(f"unknown expert roles {sorted(unknown)}; the roles are {', '.join(TRAINED_ROLES)}")
+    data = {"world": world, "mnist": mnist}
+    wanted = {"world": "world's training split: pass a World", "mnist": "MNIST training split: pass mnist=(images, labels)"}
     experts = {}
-    for role in roles:
-        kw = {"progress": progress, **settings.get(role, {})}
-        if role.startswith("mnist"):
-            if mnist is None:
-                raise ValueError(f"role {role!r} needs the MNIST training split: pass mnist=(images, labels)")
-            experts[role] = (train_mnist_vae(mnist[0], **kw) if role == "mnist_vae"   # the oracle: a classifier
-                             else train_mnist_classifier(mnist[0], mnist[1], **{"name": role, **kw}))  # of its own
-        else:
-            experts[role] = _TRAINERS[role](world, **kw)
+    for name in roles:
+        role = ROLES[name]
+        if data[role.dataset] is None:
+            raise ValueError(f"role {name!r} needs the {wanted[role.dataset]}")
+        experts[name] = role.trainer(data[role.dataset], **{"progress": progress, **settings.get(name, {})})
         if out_dir is not None:
-            save_expert(experts[role], Path(out_dir) / f"{role}.safetensors")
+            save_expert(experts[name], Path(out_dir) / f"{name}.safetensors")
     return experts
 
 
-def load_experts(out_dir: str | Path, roles=EXPERT_ROLES, map_location: str | torch.device = "cpu") -> dict:
+def load_experts(out_dir: str | Path, roles=TRAINED_ROLES, map_location: str | torch.device = "cpu") -> dict:
     "The experts saved by `train_experts` in `out_dir`, by role."
     return {role: load_expert(Path(out_dir) / f"{role}.safetensors", map_location) for role in roles}

