@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import os
 import platform
 import resource
 import statistics
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from reference_net2net import (build_reference, copy_reference_into_ginn, n_params,  # noqa: E402
                                reference_loss, reference_optimizer)
 
+from ginn.io import write_json  # noqa: E402
 from ginn.train import make_optimizer  # noqa: E402
 from ginn.translator import Translator  # noqa: E402
 
@@ -45,7 +45,7 @@ SETTINGS = {
     "B": dict(dim=268, cond_dim=768, n_flows=24, embedding_dim=268, **COMMON),
 }
 BATCHES = (16, 64)
-# the paper authors' code on this CPU, figures given in the issue (setting A only)
+# samples/s of the paper authors' released code, measured once on this CPU (setting A only)
 AUTHORS = {("A", 16): dict(train=21.0, sample=136.0), ("A", 64): dict(train=51.0, sample=277.0)}
 PEAK_GFLOPS = 150.0          # middle of this CPU's measured matrix-multiply range, 110-180 GFLOP/s
 MATMUL_RANGE = (110.0, 180.0)
@@ -285,13 +285,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def table(results: dict) -> str:
     lines = []
     hdr = (f"{'setting':8s}{'batch':>6s} | {'ginn':>8s}{'ref':>8s}{'authors':>9s}{'g/ref':>7s}{'g/auth':>7s} |"
@@ -385,11 +378,11 @@ def main() -> None:
     print(f"GFLOP/s: linear-layer FLOPs only (2*in*out per sample forward, training = 3x forward) per "
           f"measured time; '=x.xx' is the fraction of {PEAK_GFLOPS:.0f} GFLOP/s, the middle of this CPU's "
           f"matrix-multiply range of {MATMUL_RANGE[0]:.0f}-{MATMUL_RANGE[1]:.0f} GFLOP/s.")
-    print("authors = the paper authors' code on this CPU, figures from the issue (setting A only). "
+    print("authors = the paper authors' code on this CPU, measured once (setting A only). "
           "opt% = share of the optimiser step in a training step. RSS = peak RSS of a fresh process.")
     print(f"total {results['wall_s']:.0f} s")
     if out is not None:
-        write_json(out, results)
+        write_json(results, out)
         print(f"wrote {out}")
 
 

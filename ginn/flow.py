@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _onednn
+
 # %% auto #0
 __all__ = ['LEAKY_SLOPE', 'LOG_2PI', 'ActNorm', 'dense', 'Dense', 'CouplingNets', 'ConditionalDoubleCoupling', 'Permutation',
            'FlowBlock', 'ConditionalFlow', 'standard_normal_nll']
@@ -55,46 +57,13 @@ class ActNorm(nn.Module):
 
 # %% ../nbs/00_flow.ipynb #9d83a22a
 LEAKY_SLOPE = 0.01  # LeakyReLU slope of Tab. S3
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, slope: float | None) -> Tensor:
-    act, scalars = ("leaky_relu", [slope]) if slope is not None else ("none", [])
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, scalars, "")
-
-
-class _DenseOneDNN(torch.autograd.Function):
-    "`leaky_relu(x @ weight.T + bias)` (or without activation when `slope` is None) through oneDNN."
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, slope):
-        out = _onednn_linear(x, weight, bias, slope)
-        ctx.slope = slope
-        ctx.save_for_backward(x, weight, out if slope is not None else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, out = ctx.saved_tensors
-        if ctx.slope is not None:               # d leaky_relu, read off the output's sign
-            grad = torch.where(out > 0, grad, grad * ctx.slope)
-        grad_x = _onednn_linear(grad, weight.t(), None, None) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
-
-
-def _use_onednn(x: Tensor) -> bool:
-    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
 
 
 def dense(x: Tensor, weight: Tensor, bias: Tensor, slope: float | None = LEAKY_SLOPE,
           fast: bool = True) -> Tensor:
     "`leaky_relu(F.linear(x, weight, bias), slope)`, or the plain linear map when `slope` is None."
-    if fast and _use_onednn(x):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
-            return _DenseOneDNN.apply(x, weight, bias, slope)
-        return _onednn_linear(x, weight, bias, slope)      # inference: no autograd bookkeeping
+    if fast and _onednn.applies(x):
+        return _onednn.fused_dense(x, weight, bias, slope)
     out = F.linear(x, weight, bias)
     return F.leaky_relu(out, slope) if slope is not None else out
 

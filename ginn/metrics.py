@@ -294,7 +294,8 @@ def preservation_rate(before: Mapping, after: Mapping, changed) -> float:
 
 # %% ../nbs/06_metrics.ipynb #6985e8b7
 def _rows(x, name: str):
-    if isinstance(x, (np.ndarray, Tensor)):
+    "Arrays, tensors and row sources such as `ginn.features.PosteriorSource` (read as the mean) as they are."
+    if isinstance(x, (np.ndarray, Tensor)) or hasattr(x, "sample_rows"):
         return x
     try:
         return np.asarray(x, dtype=np.float32)
@@ -304,12 +305,13 @@ def _rows(x, name: str):
 
 def conditional_nll(model, z_theta, z_phi, batch_size: int = 1024) -> dict:
     """Held-out `-log p(z_Θ | z_Φ)` of `model` (anything with `.nll(z_theta, z_phi)` per sample, e.g. `Translator`,
-    `MLPTranslator`): `{'nats': per sample, 'bits_per_dim': ..., 'n': rows}`. Batched, eval mode, no gradients."""
+    `MLPTranslator`): `{'nats': per sample, 'bits_per_dim': ..., 'n': rows}`. Batched, eval mode, no gradients,
+    on the model's device; the validation NLL of `ginn.train.fit` too."""
     if not callable(getattr(model, "nll", None)):
         raise TypeError(f"model must have an nll(z_theta, z_phi) method (a Translator), got {type(model).__name__}")
     z_theta, z_phi = _rows(z_theta, "z_theta"), _rows(z_phi, "z_phi")
     n = len(z_theta)
-    if z_theta.ndim < 2 or n == 0:
+    if len(z_theta.shape) < 2 or n == 0:
         raise ValueError(f"z_theta must be a non-empty (n, d) array, got shape {tuple(z_theta.shape)}")
     if len(z_phi) != n:
         raise ValueError(f"z_theta has {n} rows but z_phi has {len(z_phi)}: pass the pairs of one split")

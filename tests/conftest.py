@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 from helpers import REPO, dvc, run
 
 from ginn.train import fit, linear_gaussian
@@ -22,6 +23,15 @@ def linear_gaussian_model():
     # a short second phase at a lower rate and a larger batch removes most of the optimiser noise
     fit(tau, train["z_theta"], train["z_phi"], steps=400, batch_size=1024, lr=2e-4, progress=False)
     return tau.eval(), test
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models on 2 shared cores: one intra-op thread avoids oversubscription (it is 10-100x faster here)."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_interruption_after_the_arrays_are_renamed_leaves_no_sidecar(x, tmp_path
     def crash(obj, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features, "_write_json_atomic", crash)
+    monkeypatch.setattr(features, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         extract(FakeExpert(), x * 2, tmp_path, "z", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.npy"]       # new array, but no sidecar

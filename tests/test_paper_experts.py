@@ -15,13 +15,8 @@ from ginn.experts.embedded import TextExpert, minilm_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models on 2 shared cores: one intra-op thread avoids oversubscription (it is 10-100x faster here)."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models on 2 shared cores: one intra-op thread (the `one_thread` fixture of tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # `no_network` (every socket use recorded and refused) is a fixture of tests/conftest.py.

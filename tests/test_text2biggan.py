@@ -14,13 +14,8 @@ from ginn import text2biggan
 from ginn.features import load_cache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models on 2 shared cores: one intra-op thread avoids oversubscription (it is 10-100x faster here)."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models on 2 shared cores: one intra-op thread (the `one_thread` fixture of tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_profile_holds_the_released_settings():

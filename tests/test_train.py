@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ginn.train import CHECKPOINT_NAME, EpochBatches, fit, linear_gaussian, make_optimizer
-from ginn.translator import MLPTranslator, Translator
+from ginn.translator import MLPTranslator
 from helpers import small_translator
 
 

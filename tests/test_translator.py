@@ -152,3 +152,38 @@ def test_spatial_condition_of_any_size(cond_shape):
     z_phi = torch.randn(3, *cond_shape)
     assert tau.sample(z_phi, n=2).shape == (3, 2, 4)
     assert torch.isfinite(tau.nll(torch.randn(3, 4), z_phi)).all()
+
+
+def test_both_translators_share_one_base():
+    from ginn.translator import BaseTranslator
+    for cls in (Translator, MLPTranslator):
+        assert issubclass(cls, BaseTranslator)
+        assert all(name not in vars(cls) for name in ("embedding", "nll", "bits_per_dim", "save", "load"))
+
+
+@pytest.mark.parametrize("kind, cls", [("cinn", Translator), ("mlp", MLPTranslator)])
+def test_build_translator_for_each_condition_shape(kind, cls):
+    from ginn.translator import KINDS, build_translator
+    assert KINDS[kind] is cls
+    settings = dict(n_flows=2, hidden_dim=8) if kind == "cinn" else dict(hidden_dim=8, depth=2)
+    vector = build_translator(kind, 4, (3,), settings, seed=1)
+    assert type(vector) is cls and vector.cond_shape == (3,) and vector.config["seed"] == 1
+    spatial = build_translator(kind, 4, (2, 8, 8), settings, seed=0)
+    assert spatial.cond_shape == (2, 8, 8) and spatial.config["cond_dim"] is None
+    marginal = build_translator(kind, 4, None, settings, seed=0)  # the unconditional model: a constant condition
+    assert marginal.cond_shape == (1,) and marginal.config["cond_batchnorm"] is False
+    with pytest.raises(ValueError, match="unknown translator kind 'gan'"):
+        build_translator("gan", 4, (3,), {}, seed=0)
+
+
+def test_load_translator_reads_the_class_from_the_file(tau, tmp_path):
+    from ginn.io import save_safetensors
+    from ginn.translator import load_translator
+    mlp = MLPTranslator(dim=4, cond_dim=3, hidden_dim=8, depth=2, embedding_dim=8, cond_hidden_dim=8)
+    misleading = mlp.save(tmp_path / "model.cinn.safetensors")          # the file name says nothing reliable
+    assert type(load_translator(misleading)) is MLPTranslator
+    loaded = load_translator(tau.save(tmp_path / "tau.mlp.safetensors")).eval()
+    assert type(loaded) is Translator and loaded.config == tau.config
+    other = save_safetensors({}, tmp_path / "other.safetensors", {"ginn_class": "ConvVAE", "config": "{}"})
+    with pytest.raises(ValueError, match="holds a ConvVAE checkpoint, not a Translator or MLPTranslator"):
+        load_translator(other)
