@@ -40,7 +40,8 @@ nb_render_markdown_format = "myst"      # Markdown outputs (the reports' metrics
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 
-# --- API pages (autodoc of the module each notebook exports; `__all__` is nbdev's list of exported names)
+# --- API entries: docs/build.py turns each `show_doc(x)` of a notebook (nbdev adds one after every exported
+# definition) into the autodoc entry of x, where the cell stands; a class comes with its documented members
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True}
@@ -91,19 +92,21 @@ def copy_mathjax(app, exc):
             shutil.copy2(src / part, dst / part)
 
 
-_CODE = re.compile(r"(`[^`]+`)")
+_CODE = re.compile(r"(`(?:[^`\n]|\n(?![ \t]*\n))+`)")   # a code span: within one paragraph, over line breaks too
 _RST_SPECIAL = re.compile(r"([\\*|_])")
+_BREAK = re.compile(r"[ \t]*\n[ \t]*")
 
 
-def markdown_docstring(line: str) -> str:
-    """One line of an nbdev docstring (Markdown: `code` spans in plain text) as reStructuredText that means the
-    same: code spans become literals, and the characters reST would read as markup (`|x|`, `*`, `name_`) stay
-    characters."""
+def markdown_docstring(text: str) -> str:
+    """An nbdev docstring (Markdown: `code` spans in plain text) as reStructuredText that means the same: code spans
+    become literals (a span broken over lines too, its line break a space, as in Markdown), and the characters reST
+    would read as markup (`|x|`, `*`, `name_`) stay characters."""
     out = []
-    for i, part in enumerate(_CODE.split(line)):
+    for i, part in enumerate(_CODE.split(text)):
         if i % 2:
             before = "\\ " if out and out[-1][-1:].isalnum() else ""
-            out.append(f"{before}``{part[1:-1]}``")
+            code = _BREAK.sub(" ", part[1:-1]).strip()
+            out.append(f"{before}``{code}``")
         elif part:
             out.append(("\\ " if out and part[0].isalnum() else "") + _RST_SPECIAL.sub(r"\\\1", part))
     return "".join(out)
@@ -111,7 +114,7 @@ def markdown_docstring(line: str) -> str:
 
 def process_docstring(app, what, name, obj, options, lines):
     if name.startswith("ginn."):
-        lines[:] = [markdown_docstring(line) for line in lines]
+        lines[:] = markdown_docstring("\n".join(lines)).split("\n")
 
 
 def setup(app):

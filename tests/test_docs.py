@@ -5,6 +5,7 @@ The site is served from a local HTTP server and read in headless Chromium, as a 
 images decode, equations are typeset by MathJax, the console shows no error, search and navigation work, and no
 request leaves localhost. Screenshots of the pages go to test-artifacts/docs/. Without Chromium the browser tests
 skip (they fail instead when GINN_REQUIRE_BROWSER=1, as in CI)."""
+import ast
 import importlib.util
 import json
 import os
@@ -43,6 +44,18 @@ def html_text(html: str) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
 
 
+def article(html: str) -> str:
+    "The page's own content, without the theme's navigation and table of contents."
+    m = re.search(r'<article class="bd-article"[^>]*>(.*?)</article>', html, re.S)
+    assert m, "no <article class=bd-article> in the page"
+    return m.group(1)
+
+
+def code_cells(html: str) -> list[str]:
+    "The text of every code cell's input on a page (folded ones too)."
+    return [html_text(c) for c in re.findall(r'<div class="cell_input[^"]*">.*?<pre>(.*?)</pre>', html, re.S)]
+
+
 def test_docs_site_has_every_page(site):
     root, docs = site
     library = sorted(p.stem for p in (root / "nbs").glob("[0-9]*.ipynb"))
@@ -51,13 +64,115 @@ def test_docs_site_has_every_page(site):
              + [f"reports/{n}" for n in experiments(root)])
     missing = [p for p in pages if not (docs / f"{p}.html").is_file()]
     assert not missing, f"pages not built: {missing}"
-    for name in library:                               # each library page ends with the API of its module
-        html = (docs / "library" / f"{name}.html").read_text()
-        assert re.search(r'<dl class="py (class|function)">', html), f"{name}: no API section"
-        code = re.findall(r'<div class="cell_input[^"]*">(.*?)</div>\s*</div>', html, re.S)
-        assert code and not [c for c in code if re.search(r"^#\|", html_text(c).strip(), re.M)], \
-            f"{name}: nbdev directives rendered in code cells"
+    for name in library:
+        code = code_cells((docs / "library" / f"{name}.html").read_text())
+        assert code, f"{name}: no code cell"
+        assert not [c for c in code if re.search(r"^\s*#\s*\|", c, re.M)], f"{name}: nbdev directives rendered in code"
+        assert not [c for c in code if c.strip().startswith("show_doc(")], f"{name}: show_doc rendered as code"
     assert not (docs.parent / "jupyter_execute").exists()
+
+
+# ---------------------------------------------------------------- the API, where the notebook documents it
+DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+):?\s*(.*)$")
+
+
+def leading_directives(source: str) -> dict[str, str]:
+    "nbdev's directives: the `#| name args` lines before a cell's first line of code."
+    found = {}
+    for line in source.splitlines():
+        m = DIRECTIVE.match(line)
+        if not m:
+            if line.strip():
+                break
+            continue
+        found[m.group(1)] = m.group(2).strip()
+    return found
+
+
+def source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def documented_in_notebook(path: Path) -> tuple[str | None, list[tuple[int, str]]]:
+    """The module a library notebook exports to, and what nbdev's docs show for it, as (number of headings before,
+    name): each `show_doc(name)`, and every public function and class of an exported cell that no `show_doc`
+    names (nbdev's `add_show_docs`), in the section where the cell stands."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    shown = {m for c in cells if c["cell_type"] == "code" for m in re.findall(r"^show_doc\(([\w.]+)", source(c), re.M)}
+    module, headings, found = None, 0, []
+    for cell in cells:
+        src = source(cell)
+        if cell["cell_type"] == "markdown":
+            if not (src.strip().startswith("#") and src.strip().endswith(" -")):     # nbdev's rm_header_dash
+                headings += len(re.findall(r"^#{1,6} \S", re.sub(r"```.*?```", "", src, flags=re.S), re.M))
+            continue
+        if cell["cell_type"] != "code":
+            continue
+        d = leading_directives(src)
+        module = module or d.get("default_exp") or None
+        if "hide" in d:
+            continue
+        found += [(headings, m) for m in re.findall(r"^show_doc\(([\w.]+)", src, re.M)]
+        if {"export", "exports"} & set(d):
+            tree = ast.parse("\n".join(l for l in src.splitlines() if not DIRECTIVE.match(l)))
+            found += [(headings, n.name) for n in tree.body
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                      and not n.name.startswith("_") and n.name not in shown]
+    return module, found
+
+
+def test_docs_show_doc_renders_in_place(site):
+    """Every library page documents each exported function and class, and each `show_doc`, as an API entry (its
+    signature and docstring), in the section of the notebook where it is defined or shown, not as code."""
+    root, docs = site
+    for path in sorted((root / "nbs").glob("[0-9]*.ipynb")):
+        module, expected = documented_in_notebook(path)
+        if not module:
+            continue
+        assert expected, f"{path.name} documents nothing"
+        page = article((docs / "library" / f"{path.stem}.html").read_text())
+        events = [(m.group(1) or "h", m.group(2)) for m in
+                  re.finditer(r'<dt class="sig sig-object py" id="([^"]+)"|<h([1-6])[ >]', page)]
+        sections, ids = {}, {}
+        for n, (kind, value) in enumerate(events):     # for each entry: how many headings come before it
+            if kind != "h":
+                ids.setdefault(kind, sum(1 for k, _ in events[:n] if k == "h"))
+        for heading, name in expected:
+            anchor = next((i for i in ids if i.endswith(f".{name}")), None)
+            assert anchor, f"{path.name}: no API entry for {name} (entries: {sorted(ids)})"
+            sections[name] = (ids[anchor], heading)
+            signature = page.split(f'id="{anchor}"', 1)[1].split("</dt>", 1)[0]
+            assert 'class="sig-name descname"' in signature, f"{path.name}: {name} has no signature"
+        misplaced = {n: s for n, s in sections.items() if s[0] != s[1]}
+        assert not misplaced, f"{path.name}: entries not in their notebook section (found, expected): {misplaced}"
+
+
+def alnum(text: str) -> str:
+    "Only the letters and digits of `text` (markup and escapes aside)."
+    return re.sub(r"\W+", "", text)
+
+
+def test_docs_api_entries_have_docstrings(site):
+    "The docstring of each documented object is on its page, under its signature."
+    import importlib
+    root, docs = site
+    for path in sorted((root / "nbs").glob("[0-9]*.ipynb")):
+        module, expected = documented_in_notebook(path)
+        if not module:
+            continue
+        mod = importlib.import_module(f"ginn.{module}")
+        page = article((docs / "library" / f"{path.stem}.html").read_text())
+        for _, name in expected:
+            obj = mod
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            if not doc or getattr(obj, "__module__", "").split(".")[0] != "ginn":
+                continue
+            m = re.search(rf'<dt class="sig sig-object py" id="[\w.]*\.{re.escape(name)}">(.*?)</dd>', page, re.S)
+            assert m, f"{path.name}: no entry for {name}"
+            assert alnum(doc.splitlines()[0])[:30] in alnum(html_text(m.group(1))), \
+                f"{path.name}: the docstring of {name} is not under its signature"
 
 
 def test_docs_results_tables_come_from_metrics(site):
@@ -68,7 +183,7 @@ def test_docs_results_tables_come_from_metrics(site):
     for name in experiments(root):
         metrics = json.loads((root / "metrics" / f"{name}.json").read_text())
         assert all(layer in text for layer in metrics["layers"]), f"results page lacks the layers of {name}"
-        model, per = next(iter(next(iter(metrics["layers"].values())).items()))
+        _, per = next(iter(next(iter(metrics["layers"].values())).items()))
         first = next(v for v in per.values() if isinstance(v, dict) and v.get("mean") is not None)
         assert f"{first['mean']:.4g}" in text            # a number, as formatted from the JSON
         assert f'href="reports/{name}.html"' in (docs / "results.html").read_text()
@@ -251,6 +366,26 @@ def test_browser_flow_page_typesets_equations(browser, server):
     assert browser.execute_script("return document.querySelectorAll('mjx-container[display=\"true\"]').length") > 0
     signatures = browser.execute_script("return [...document.querySelectorAll('dt.sig')].map(d => d.id)")
     assert "ginn.flow.ConditionalFlow" in signatures and "ginn.flow.ActNorm" in signatures
+
+
+def test_browser_library_pages_show_their_api(browser, server, site):
+    """Each library page shows its API where the notebook documents it, stored outputs or not: signatures and
+    docstrings on screen, no `show_doc(` as code, the exported source folded away (one click opens it)."""
+    root, _ = site
+    for path in sorted((root / "nbs").glob("[0-9]*.ipynb")):
+        if not documented_in_notebook(path)[0]:
+            continue                                    # exports nothing: no API to show
+        url = server + f"library/{path.stem}.html"
+        check_page(visit(browser, url), url)
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('article dl.py > dt.sig')].filter(d => d.offsetParent).length")
+        assert shown > 0, f"{url}: no API entry on screen"
+        folded = browser.execute_script("return [...document.querySelectorAll('article details.hide')]"
+                                        ".map(d => [d.open, !!(d.querySelector('pre') && d.querySelector('pre').checkVisibility())])")
+        assert folded and all(not is_open and not visible for is_open, visible in folded), f"{url}: {folded}"
+        browser.execute_script("document.querySelector('article details.hide summary').click()")
+        assert browser.execute_script("const d = document.querySelector('article details.hide');"
+                                      "return d.open && d.querySelector('pre').checkVisibility()"), url
 
 
 def test_browser_experiment_report_page(browser, server, site):
