@@ -10,6 +10,8 @@ Measures, for two settings and batch sizes 16 and 64:
 
     python bench/translator_speed.py            # full run (~10 min on 2 cores), writes bench/results/translator_speed.json
     python bench/translator_speed.py --quick    # smoke check: setting A, batch 16, few iterations, no JSON unless --out
+    python bench/translator_speed.py --pipeline # only the embedded pipeline's size (bench/pipeline_size.py), 1 and
+                                                # 2 threads, with zuko and FrEIA if installed; merged into the JSON
 """
 from __future__ import annotations
 
@@ -318,6 +320,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default: bench/results/translator_speed.json; none with --quick)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--pipeline", action="store_true",
+                   help="only the pipeline's size (d=64, c=384, 6 flows, width 128), via bench/pipeline_size.py")
     p.add_argument("--child", choices=["train", "sample"], help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=["ginn", "ref"], help=argparse.SUPPRESS)
     p.add_argument("--setting", choices=list(SETTINGS), help=argparse.SUPPRESS)
@@ -326,6 +330,11 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         child(args)
+        return
+    if args.pipeline:
+        for threads in (1, 2):            # a subprocess each: the thread count is set before torch starts work
+            cmd = [sys.executable, str(HERE / "pipeline_size.py"), "--threads", str(threads)]
+            subprocess.run(cmd + (["--out", str(args.out)] if args.out else []), check=True, cwd=ROOT)
         return
     torch.manual_seed(SEED)
     t_start = time.perf_counter()

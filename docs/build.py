@@ -229,9 +229,22 @@ def read_nb(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def source_map(nb: dict) -> list[int]:
+    """The first line of each cell, counting the cells' lines one after another (and one between cells): myst-nb's
+    `source_map`. Without it myst-nb numbers the lines of cell i from 10000 (i + 1), and MyST parses each
+    ```` ```{eval-rst} ```` block, every autodoc entry here, after that many blank lines (its line numbers then match
+    the page's): 200 entries, deep in long notebooks, made docutils walk some 50 million empty lines per build."""
+    starts, line = [], 0
+    for cell in nb["cells"]:
+        starts.append(line)
+        line += len(_source(cell).splitlines()) + 1
+    return starts
+
+
 def write_nb(nb: dict, path: Path):
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i}"                        # nbformat 4.5 wants ids; nbdev_clean removes them
+    nb.setdefault("metadata", {})["source_map"] = source_map(nb)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(nb, ensure_ascii=False, indent=1), encoding="utf-8")
 

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['AVAILABLE', 'onednn_linear', 'DenseOneDNN', 'applies', 'fused_dense']
+__all__ = ['AVAILABLE', 'MIN_WIDTH', 'onednn_linear', 'DenseOneDNN', 'applies', 'fused_dense']
 
 # %% ../nbs/00b_onednn.ipynb #5f2c8da1
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+MIN_WIDTH = 1024   # both sides of the weight at least this wide, or the plain F.linear is faster
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, slope: float | None) -> Tensor:
@@ -35,16 +36,18 @@ class DenseOneDNN(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, out = ctx.saved_tensors
         if ctx.slope is not None:               # d leaky_relu, read off the output's sign
-            grad = torch.where(out > 0, grad, grad * ctx.slope)
-        grad_x = onednn_linear(grad, weight.t(), None, None) if ctx.needs_input_grad[0] else None
+            grad = torch.ops.aten.leaky_relu_backward(grad, out, ctx.slope, True)
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
         grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 
-def applies(x: Tensor) -> bool:
-    "Whether the oneDNN path serves `x`: a float32 CPU matrix, in a PyTorch built with oneDNN."
-    return AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+def applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether the oneDNN path serves `x @ weight.T`: a float32 CPU matrix, a weight at least `MIN_WIDTH` wide
+    on both sides, a PyTorch built with oneDNN, and not inside `torch.compile`."""
+    return (AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+            and min(weight.shape) >= MIN_WIDTH and not torch.compiler.is_compiling())
 
 
 def fused_dense(x: Tensor, weight: Tensor, bias: Tensor, slope: float | None) -> Tensor:

@@ -16,9 +16,9 @@ from .packaged import SPLITS
 from .translator import KINDS
 
 # %% auto #0
-__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'PAPER_EXPERIMENTS', 'TEXT2BIGGAN_SECTIONS',
-           'check_world', 'check_experts', 'check_experiment', 'experiment_notebook', 'check_embedded',
-           'check_text2biggan', 'check_params', 'load_params', 'Layout']
+__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'TRAIN_KEYS', 'PAPER_EXPERIMENTS',
+           'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment', 'check_train',
+           'experiment_notebook', 'check_embedded', 'check_text2biggan', 'check_params', 'load_params', 'Layout']
 
 # %% ../nbs/07_config.ipynb #5bee9ddd
 PROFILES = ("default", "smoke", "paper")
@@ -89,7 +89,24 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
         _fail(f"{where}.translator.conditions", "must list at least one feature")
     if not tr["seeds"] or not all(isinstance(s, int) and s >= 0 for s in tr["seeds"]):
         _fail(f"{where}.translator.seeds", f"must be a non-empty list of integers >= 0, got {tr['seeds']!r}")
-    _positive_ints(tr["train"], f"{where}.translator.train", ("steps", "batch_size"))
+    check_train(tr["train"], f"{where}.translator.train")
+
+
+TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "val_every", "patience", "cuts", "factor", "min_delta",
+              "ckpt_every")
+
+
+def check_train(train: dict, where: str):
+    "Check a `train` section: `steps` (the cap) and `batch_size`, and the stopping rule's keys if given."
+    unknown = sorted(set(train) - set(TRAIN_KEYS))
+    if unknown:
+        _fail(where, f"unknown key(s) {unknown}; a train section takes {', '.join(TRAIN_KEYS)}")
+    _positive_ints(train, where, ("steps", "batch_size") + tuple(k for k in ("val_every", "patience", "ckpt_every")
+                                                                  if k in train))
+    if "factor" in train and not 0 < train["factor"] < 1:
+        _fail(f"{where}.factor", f"must lie strictly between 0 and 1, got {train['factor']!r}")
+    if "patience" in train and "val_every" not in train:
+        _fail(where, "early stopping (patience) needs val_every, the steps between two validations")
 
 
 def experiment_notebook(name: str, root: str | Path = ".") -> Path:
@@ -195,3 +212,4 @@ class Layout:
     def metrics(self, name: str) -> Path: return self.root / "metrics" / f"{name}.json"
     def report(self, experiment: str) -> Path: return self.root / "reports" / f"{experiment}.ipynb"
     def figures(self, experiment: str) -> Path: return self.root / "reports" / "figures" / experiment
+    def curves(self, experiment: str) -> Path: return self.root / "metrics" / "curves" / experiment

@@ -5,7 +5,10 @@
 # %% ../nbs/06b_experiment.ipynb #fcb76928
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -19,14 +22,15 @@ from .experts.embedded import load_expert
 from .features import feature_name, load_cache, parse_feature
 from .io import write_json
 from .metrics import attribute_accuracy, conditional_nll, diversity, frechet_distance, mutual_information, spread
-from .runs import MARGINAL, condition_array, run_name
+from .runs import MARGINAL, condition_array, experiment_runs, read_curves, run_name
 from .translator import load_translator
-from .world import load_world
+from .world import COLOURS, POSITIONS, SCENES, SHAPES, SIZES, load_world
 
 # %% auto #0
-__all__ = ['FIRST_COLUMNS', 'Experiment', 'finite_or_none', 'summary', 'fmt', 'markdown_table', 'scores_table', 'reference_table',
-           'claims_markdown', 'depth_claims', 'as_picture', 'image_grid', 'as_uint8', 'flatten', 'metrics_tables',
-           'experts_table']
+__all__ = ['FIRST_COLUMNS', 'PROMPT_COLUMNS', 'TARGETS', 'Experiment', 'finite_or_none', 'summary', 'fmt', 'markdown_table',
+           'scores_table', 'reference_table', 'claims_markdown', 'depth_claims', 'as_picture', 'image_grid', 'as_uint8',
+           'flatten', 'metrics_tables', 'experts_table', 'named_accuracy', 'open_diversity', 'parse_prompts',
+           'load_prompts', 'Target', 'judge', 'claims_table', 'read_history']
 
 # %% ../nbs/06b_experiment.ipynb #a0b9e7aa
 class Experiment:
@@ -252,6 +256,65 @@ class Experiment:
         plt.show()
         return fig
 
+    def history_path(self, condition: str, kind: str, seed: int) -> Path:
+        "Where the training curves of run `(condition, kind, seed)` are: `metrics/curves/NAME/<run>.json`."
+        return self.layout.curves(self.name) / f"{run_name(condition, kind, seed)}.json"
+
+    def histories(self) -> dict[tuple, dict | None]:
+        """`{(condition, kind, seed): history}` of every run the experiment trains (`experiment_runs`), each as
+        `read_history` returns it, or None where the run saved no curves (trained before histories were saved)."""
+        return {run: read_history(self.history_path(*run)) if self.history_path(*run).is_file() else None
+                for run in experiment_runs(self.tr)}
+
+    def run_summaries(self) -> dict:
+        """`{run: {steps, stopped, best_step, best_val_nll, final_gain}}` of every run from its history (`{history:
+        'missing'}` where there is none): the metrics file's `runs`."""
+        out = {}
+        for (c, k, s), h in self.histories().items():
+            out[run_name(c, k, s)] = {"history": "missing"} if h is None else {
+                "steps": h["steps"], "stopped": h["stopped"], "best_step": h["best_step"],
+                "best_val_nll": min(h["val_nll"]) if h["val_nll"] else None, "final_gain": h["final_gain"]}
+        return out
+
+    def convergence_figure(self, stem: str = "convergence"):
+        """Training loss and validation NLL against step of every run, τ (and the unconditional flow) and the MLP in
+        separate panels (the MLP's loss is a squared error, not an NLL); a colour per condition, a line style per
+        seed, a dotted line at each run's `best_step`. A run without a history is named in its panel. Saves
+        `stem` (`save_figure`), shows and returns the figure."""
+        histories = self.histories()
+        kinds = [k for k in ("cinn", "mlp") if k in self.tr["models"]]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 3.6), squeeze=False)
+        conditions = list(dict.fromkeys(c for c, _, _ in histories))
+        colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
+        style = {s: ls for s, ls in zip(self.tr["seeds"], ["-", "--", ":", "-."] * 8)}
+        for ax, kind in zip(axes[0], kinds):
+            missing = []
+            for (c, k, s), h in histories.items():
+                if k != kind:
+                    continue
+                if h is None:
+                    missing.append(run_name(c, k, s))
+                    continue
+                label = f"{c}" + (f" (seed {s})" if len(self.tr["seeds"]) > 1 else "")
+                ax.plot(h["step"], h["loss"], color=colour[c], ls=style[s], lw=0.7, alpha=0.45)
+                ax.plot(h["val_step"], h["val_nll"], color=colour[c], ls=style[s], lw=1.4, marker=".", ms=3,
+                        label=label)
+                ax.axvline(h["best_step"], color=colour[c], ls=":", lw=0.8)
+            what = "τ (cINN): loss = NLL" if kind == "cinn" else "MLP: loss = squared error"
+            ax.set_title(f"{what}; thin: training loss, dots: validation NLL", fontsize=8)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if ax.lines:
+                ax.legend(fontsize=6, loc="upper right")
+            if missing:
+                ax.text(0.02, 0.02 if ax.lines else 0.5, "no history file (trained before histories were saved):\n"
+                        + "\n".join(missing[:8]) + (f"\n… and {len(missing) - 8} more" if len(missing) > 8 else ""),
+                        transform=ax.transAxes, fontsize=6, va="bottom" if ax.lines else "center")
+        fig.tight_layout()
+        self.save_figure(fig, stem)
+        plt.show()
+        return fig
+
     def save_figure(self, fig, stem: str) -> Path:
         "Save `fig` as `reports/figures/NAME/stem.png` (the figures DVC tracks as plots)."
         folder = self.layout.figures(self.name)
@@ -408,7 +471,7 @@ def metrics_tables(m: dict) -> str:
             for layer, models in layers.items() for model, per in models.items()]
     if rows:
         parts.append(markdown_table(["layer", "model", *names], rows))
-    for section in ("claims", "reference"):
+    for section in ("claims", "reference", "runs"):
         if isinstance(m.get(section), dict) and m[section]:
             parts.append(f"**{section}**\n\n" + markdown_table(["quantity", "value"],
                                                                [[f"`{k}`", v] for k, v in flatten(m[section]).items()]))
@@ -420,3 +483,210 @@ def experts_table(m: dict) -> str:
     return markdown_table(["expert", "metric", "value"],
                           [[f"`{role}`", f"`{k}`", v] for role, per in m.items()
                            for k, v in (flatten(per).items() if isinstance(per, dict) else [("", per)])])
+
+# %% ../nbs/06b_experiment.ipynb #c8ad10bf
+def _named_rows(named, n: int, what: str) -> list[dict]:
+    if not isinstance(named, (list, tuple)) or not all(isinstance(d, Mapping) for d in named):
+        raise TypeError(f"named must be a list of dicts {{attribute: class index}}, one per condition; got {type(named).__name__}")
+    if len(named) != n:
+        raise ValueError(f"{what} has {n} rows but named has {len(named)}: one dict per condition")
+    return list(named)
+
+
+def named_accuracy(predicted: Mapping, named: list[dict], heads: list[str] | None = None) -> dict:
+    """`{acc_<head>: accuracy, n_<head>: rows}` of each head (all of `predicted` by default), counted only over
+    the rows whose condition names the head (`named[i][head]`, its class index), the others ignored. `predicted`:
+    `{head: class indices}`, `(k,)` or `(k, n_samples)` (every sample against its condition's named value). A head
+    no condition names has accuracy None."""
+    if not isinstance(predicted, Mapping):
+        raise TypeError("predicted must be a dict {head: class indices}, e.g. Experiment.attributes(images)")
+    heads = list(predicted) if heads is None else list(heads)
+    missing = [h for h in heads if h not in predicted]
+    if missing:
+        raise ValueError(f"heads {missing} are not predicted (predicted has {list(predicted)})")
+    out = {}
+    for h in heads:
+        p = np.asarray(predicted[h])
+        rows = [i for i, d in enumerate(_named_rows(named, len(p), f"predicted[{h!r}]")) if h in d]
+        if rows:
+            want = np.array([named[i][h] for i in rows]).reshape(-1, *[1] * (p.ndim - 1))
+            out[f"acc_{h}"] = float((p[rows] == want).mean())
+        else:
+            out[f"acc_{h}"] = None
+        out[f"n_{h}"] = len(rows)
+    return out
+
+
+def _entropy(classes: np.ndarray) -> float:
+    "Entropy (nats) of the empirical distribution of `classes` (1-d)."
+    _, counts = np.unique(classes, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def open_diversity(samples: Mapping, named: list[dict], heads: list[str]) -> dict:
+    """How much the samples of one condition vary in the attributes it leaves open. `samples`: `{head: (k, n)}`
+    class indices of `n` samples of each of `k` conditions. For every condition and every head of `heads` it does
+    not name: the entropy (nats) of the sample classes, and the number of distinct classes. Returns their means
+    over all (condition, open head) pairs (`open_entropy`, `open_classes`), per head (`open_entropy_<head>`),
+    and the number of pairs (`n_open`); the means are None where no condition leaves a head open."""
+    out, all_h, all_c = {}, [], []
+    for h in heads:
+        if h not in samples:
+            raise ValueError(f"head {h!r} has no samples (samples has {list(samples)})")
+        s = np.asarray(samples[h])
+        if s.ndim != 2 or s.shape[1] < 2:
+            raise ValueError(f"samples[{h!r}] must be (k conditions, n >= 2 samples) class indices; got {s.shape}")
+        rows = [i for i, d in enumerate(_named_rows(named, len(s), f"samples[{h!r}]")) if h not in d]
+        ent = [_entropy(s[i]) for i in rows]
+        all_h += ent
+        all_c += [len(np.unique(s[i])) for i in rows]
+        out[f"open_entropy_{h}"] = float(np.mean(ent)) if ent else None
+    return {"open_entropy": float(np.mean(all_h)) if all_h else None,
+            "open_classes": float(np.mean(all_c)) if all_c else None, "n_open": len(all_h), **out}
+
+# %% ../nbs/06b_experiment.ipynb #e9330096
+PROMPT_COLUMNS = ["prompt", "shape", "colour", "size", "scene", "position"]
+_PROMPT_VALUES = dict(shape=SHAPES, colour=COLOURS, size=SIZES, scene=SCENES, position=POSITIONS)
+
+
+def parse_prompts(text: str, source: str = "prompts") -> tuple[list[str], list[dict]]:
+    """`(prompts, named)` of a prompts table (tab-separated, `#` comments, header `PROMPT_COLUMNS`): each prompt
+    and `{attribute: class index}` of the attributes it names (an empty field leaves one open)."""
+    prompts, named, header = [], [], None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        where = f"{source}, line {lineno}"
+        if header is None:
+            if fields != PROMPT_COLUMNS:
+                raise ValueError(f"{where}: the header must be the tab-separated columns {PROMPT_COLUMNS}; got {fields}")
+            header = fields
+            continue
+        fields += [""] * (len(PROMPT_COLUMNS) - len(fields))
+        if len(fields) != len(PROMPT_COLUMNS) or not fields[0]:
+            raise ValueError(f"{where}: expected a prompt and {len(PROMPT_COLUMNS) - 1} attribute fields; got {line!r}")
+        row = {}
+        for attribute, value in zip(PROMPT_COLUMNS[1:], fields[1:]):
+            if value:
+                if value not in _PROMPT_VALUES[attribute]:
+                    raise ValueError(f"{where}: {value!r} is not a {attribute}; use one of {_PROMPT_VALUES[attribute]}")
+                row[attribute] = _PROMPT_VALUES[attribute].index(value)
+        if not row:
+            raise ValueError(f"{where}: the prompt {fields[0]!r} names no attribute")
+        prompts.append(fields[0])
+        named.append(row)
+    if not prompts:
+        raise ValueError(f"{source}: no prompts")
+    return prompts, named
+
+
+def load_prompts(path: str | Path | None = None) -> tuple[list[str], list[dict]]:
+    "The prompts table `path`, by default the hand-written prompts shipped as `ginn/prompts.tsv`."
+    if path is None:
+        table = resources.files("ginn").joinpath("prompts.tsv")
+        if not table.is_file():
+            raise FileNotFoundError("ginn/prompts.tsv is missing from this installation of ginn: install with "
+                                    "`pip install -e .` (MANIFEST.in ships ginn/*.tsv)")
+        return parse_prompts(table.read_text(encoding="utf-8"), "ginn/prompts.tsv")
+    return parse_prompts(Path(path).read_text(encoding="utf-8"), str(path))
+
+# %% ../nbs/06b_experiment.ipynb #c1f99976
+@dataclass(frozen=True)
+class Target:
+    "A claim's target: `claim op threshold`, the threshold `value`, or `scale × claims[ref] + value`."
+    op: str
+    value: float = 0.0
+    ref: str | None = None
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.op not in _OPS:
+            raise ValueError(f"op must be one of {list(_OPS)}; got {self.op!r}")
+
+    def threshold(self, claims: Mapping) -> float | None:
+        "The number the claim is compared with (None where the reference claim is missing)."
+        if self.ref is None:
+            return self.value
+        r = _mean(claims.get(self.ref))
+        return None if r is None else self.scale * r + self.value
+
+    def text(self, claims: Mapping) -> str:
+        "The target in words, e.g. `≥ 0.95` or `≥ consistency_vae_db − 2 = 25.3`."
+        if self.ref is None:
+            return f"{self.op} {fmt(self.value)}"
+        scaled = (f"{fmt(self.scale)} × " if self.scale != 1 else "") + f"`{self.ref}`"
+        shift = "" if self.value == 0 else (f" + {fmt(self.value)}" if self.value > 0 else f" − {fmt(-self.value)}")
+        t = self.threshold(claims)
+        return f"{self.op} {scaled}{shift} = " + ("–" if t is None else fmt(t))
+
+
+_OPS = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+
+
+def _mean(v):
+    "A claim's value: a number, or the mean of a spread over seeds."
+    v = v.get("mean") if isinstance(v, Mapping) else v
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+_at_least = lambda t: Target(">=", t)
+_WORLD_HEADS = ("shape", "colour", "size", "scene")
+
+TARGETS: dict[str, dict[str, Target]] = {
+    "world_vae": {"recon_acc_shape": _at_least(0.95), "recon_acc_size": _at_least(0.95),
+                  "recon_acc_colour": _at_least(0.99), "recon_acc_scene": _at_least(0.99),
+                  "recon_acc_position": _at_least(0.95)},
+    "text2img": {"acc_colour_caption_cinn": _at_least(0.95), "acc_shape_caption_cinn": _at_least(0.90),
+                 "acc_size_caption_cinn": _at_least(0.85), "acc_scene_caption_cinn": _at_least(0.95),
+                 "acc_colour_paraphrase_cinn": _at_least(0.85), "acc_shape_paraphrase_cinn": _at_least(0.80),
+                 "acc_colour_prompts_cinn": _at_least(0.85), "acc_shape_prompts_cinn": _at_least(0.80),
+                 "open_entropy_caption_cinn": Target(">", 0.0, "open_entropy_caption_mlp", 5.0)},
+    "attributes": {**{f"flip_{a}_cinn": _at_least(0.90) for a in _WORLD_HEADS},
+                   **{f"preservation_{a}_cinn": _at_least(0.90) for a in _WORLD_HEADS}},
+    "diagnosis": {"mi_early_minus_last": Target(">", 0.0), "diversity_last_minus_early": Target(">", 0.0),
+                  "mlp_over_cinn_fd_at_last": _at_least(3.0)},
+    "unpaired": {**{f"target_domain_cinn_{d}": _at_least(0.95) for d in ("day_to_night", "night_to_day")},
+                 **{f"preserve_{h}_cinn_{d}": _at_least(0.80) for d in ("day_to_night", "night_to_day")
+                    for h in ("shape", "colour", "size", "position")}},
+    "superres": {"consistency_cinn_db": Target(">=", -2.0, "consistency_vae_db"), "pixel_std_cinn": Target(">", 0.0)},
+    "exemplar": {"mask_iou_x_cinn": Target(">=", -0.05, "mask_iou_vae"), "colour_y_cinn": _at_least(0.80)},
+    "disentangle": {"mask_iou_cinn": Target(">=", -0.05, "mask_iou_vae"), "position_y_cinn": _at_least(0.80),
+                    "colour_x_cinn": _at_least(0.80)},
+    "edges": {"edge_agreement_cinn": Target(">=", -0.1, "edge_agreement_vae")},
+    "inpaint": {"visible_psnr_cinn": Target(">=", -3.0, "visible_psnr_vae")},
+    "mnist": {"acc_digit_class_conditional_cinn": _at_least(0.95), "mi_early_minus_last": Target(">", 0.0),
+              "diversity_last_minus_early": Target(">", 0.0), "mlp_over_cinn_fd_at_last": _at_least(3.0)},
+}
+
+
+def judge(name: str, claims: Mapping | None, targets: Mapping | None = None) -> list[dict]:
+    """Every claim of experiment `name` beside its target (`TARGETS[name]` unless `targets`): rows
+    `{claim, value, target, verdict}`, the verdict `met`, `missed`, or `''` for a claim with no target; a target
+    whose claim (or reference) is missing is `missed` with value None. Targeted claims come first, in the
+    table's order."""
+    claims = dict(claims or {})
+    targets = TARGETS.get(name, {}) if targets is None else targets
+    rows = []
+    for claim, target in targets.items():
+        value, threshold = _mean(claims.get(claim)), target.threshold(claims)
+        met = value is not None and threshold is not None and bool(_OPS[target.op](value, threshold))
+        rows.append(dict(claim=claim, value=claims.get(claim), target=target.text(claims),
+                         verdict="met" if met else "missed"))
+    rows += [dict(claim=c, value=v, target="", verdict="") for c, v in claims.items() if c not in targets]
+    return rows
+
+
+def claims_table(name: str, claims: Mapping | None, targets: Mapping | None = None, experiment: bool = False) -> str:
+    "The Markdown table of `judge(name, claims)`: claim, value, target, verdict (and the experiment's name first)."
+    rows = [[*([f"`{name}`"] if experiment else []), f"`{r['claim']}`", r["value"], r["target"], r["verdict"]]
+            for r in judge(name, claims, targets)]
+    return markdown_table([*(["experiment"] if experiment else []), "claim", "value", "target", ""], rows)
+
+# %% ../nbs/06b_experiment.ipynb #6d6f37b8
+def read_history(path: str | Path) -> dict:
+    """The training curves of a run (`metrics/curves/NAME/<run>.json`, written by the `train_translator` stage),
+    checked, as columns: `step`, `loss` (mean training loss since the previous validation), `val_nll`, `lr` per
+    validation, and the run's `steps`, `best_step`, `stopped` and `final_gain` (`ginn.runs.read_curves`)."""
+    return read_curves(path)

@@ -62,10 +62,10 @@ LEAKY_SLOPE = 0.01  # LeakyReLU slope of Tab. S3
 def dense(x: Tensor, weight: Tensor, bias: Tensor, slope: float | None = LEAKY_SLOPE,
           fast: bool = True) -> Tensor:
     "`leaky_relu(F.linear(x, weight, bias), slope)`, or the plain linear map when `slope` is None."
-    if fast and _onednn.applies(x):
+    if fast and _onednn.applies(x, weight):
         return _onednn.fused_dense(x, weight, bias, slope)
     out = F.linear(x, weight, bias)
-    return F.leaky_relu(out, slope) if slope is not None else out
+    return F.leaky_relu(out, slope, inplace=True) if slope is not None else out
 
 # %% ../nbs/00_flow.ipynb #7c888a3f
 class Dense(nn.Module):
@@ -151,12 +151,10 @@ class Permutation(nn.Module):
         return cls(torch.randperm(dim, generator=generator))
 
     def forward(self, z: Tensor) -> Tensor:
-        return z[:, self.perm]
+        return z.index_select(1, self.perm)
 
     def reverse(self, z: Tensor) -> Tensor:
-        out = torch.empty_like(z)
-        out[:, self.perm] = z                   # scatter = the inverse permutation, without an argsort
-        return out
+        return torch.empty_like(z).index_copy_(1, self.perm, z)   # out[:, perm] = z: the inverse permutation
 
 # %% ../nbs/00_flow.ipynb #62e8fcbb
 class FlowBlock(nn.Module):

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['atomic_path', 'write_json', 'save_npz', 'save_safetensors', 'read_safetensors', 'Savable', 'load_savable']
+__all__ = ['VOLATILE_INFO', 'atomic_path', 'write_json', 'save_npz', 'canonical_safetensors', 'save_safetensors',
+           'read_safetensors', 'stable_info', 'Savable', 'load_savable']
 
 # %% ../nbs/00a_io.ipynb #ec2c84f3
 @contextmanager
@@ -54,11 +56,23 @@ def save_npz(path: str | Path, **arrays) -> Path:
     return Path(path)
 
 # %% ../nbs/00a_io.ipynb #777d9b94
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header written in one canonical order: safetensors keeps the metadata
+    in a hash map, whose order changes from process to process, so the same weights would give other bytes (and
+    another hash in `dvc.lock`). The data offsets count from the end of the header, so only its length changes."""
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)                     # the format pads its header to 8 bytes with spaces
+    return struct.pack("<Q", len(header)) + header + blob[8 + n:]
+
+
 def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
-    "Write `tensors` and the string `metadata` to the `.safetensors` file at `path`, atomically. Returns the path."
+    """Write `tensors` and the string `metadata` to the `.safetensors` file at `path`, atomically and byte-for-byte
+    reproducibly (`canonical_safetensors`). Returns the path."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    blob = canonical_safetensors(save(tensors, metadata=metadata))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(blob)
     return Path(path)
 
 
@@ -77,6 +91,16 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
     return tensors, metadata
 
 # %% ../nbs/00a_io.ipynb #0f654af1
+VOLATILE_INFO = ("seconds",)
+
+
+def stable_info(info):
+    "`info` without its wall-clock entries (`VOLATILE_INFO`), at any depth: what `Savable.save` writes."
+    if isinstance(info, dict):
+        return {k: stable_info(v) for k, v in info.items() if k not in VOLATILE_INFO}
+    return info
+
+
 class Savable:
     """Mixin for an `nn.Module` whose constructor arguments are `self.config`: `save` writes weights and config to
     one safetensors file, `load` rebuilds the module from it. Optional: `FORMAT`, `from_config`, `self.info`."""
@@ -96,7 +120,7 @@ class Savable:
         if self.FORMAT is not None:
             meta["format"] = self.FORMAT
         if getattr(self, "info", None) is not None:
-            meta["info"] = json.dumps(self.info)
+            meta["info"] = json.dumps(stable_info(self.info))
         return save_safetensors(self.state_dict(), path, meta)
 
     @classmethod

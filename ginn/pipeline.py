@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .config import DATASETS, Layout, experiment_notebook, load_params
 from .experts.embedded import ROLES, TextExpert, evaluate_experts, load_expert, train_experts
@@ -20,8 +22,9 @@ from .runs import train_runs
 from .world import SCENES, attributes_vector, derived_input, load_world, make_captions, make_world, save_world
 
 # %% auto #0
-__all__ = ['STAGES', 'load_mnist_split', 'load_split', 'prepare', 'stage_train_experts', 'feature_inputs', 'feature_expert',
-           'stage_extract', 'stage_train_translator', 'execute_report', 'stage_evaluate', 'stage_results', 'main']
+__all__ = ['RUN_VOLATILE', 'STAGES', 'load_mnist_split', 'load_split', 'prepare', 'stage_train_experts', 'feature_inputs',
+           'feature_expert', 'stage_extract', 'stage_train_translator', 'execute_report', 'drop_timings',
+           'stage_evaluate', 'stage_results', 'deterministic', 'main']
 
 # %% ../nbs/07b_pipeline.ipynb #b897c489
 def load_mnist_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -55,14 +58,19 @@ def prepare(params: dict, layout: Layout, progress: bool = True) -> dict:
 
 # %% ../nbs/07b_pipeline.ipynb #fe38c80e
 def stage_train_experts(params: dict, layout: Layout, progress: bool = True) -> dict:
-    "Train, save and measure the embedded experts; returns the metrics written to `metrics/experts.json`."
+    """Train, save and measure the embedded experts; returns the metrics written to `metrics/experts.json`. The
+    world VAE is also scored by the oracle (trained in this stage) on its reconstructions: `recon_acc_<head>`."""
+    from ginn.experts.embedded import reconstruction_accuracy
     settings = {r: dict(params["experts"].get(r) or {}) for r in params["experts"]["roles"]}
     world = load_world(layout.data("world", "train"))
     mnist = load_mnist_split(layout.data("mnist", "train"))
     experts = train_experts(world, mnist, out_dir=layout.experts(), settings=settings,
                             roles=params["experts"]["roles"], progress=progress)
-    quality = evaluate_experts(experts, load_world(layout.data("world", "test")),
-                               load_mnist_split(layout.data("mnist", "test")))
+    world_test = load_world(layout.data("world", "test"))
+    quality = evaluate_experts(experts, world_test, load_mnist_split(layout.data("mnist", "test")))
+    if "world_vae" in experts and "oracle" in experts:
+        recon = reconstruction_accuracy(experts["world_vae"], experts["oracle"], world_test)
+        quality["world_vae"].update({f"recon_acc_{k}": v for k, v in recon.items()})
     metrics = {role: {**quality.get(role, {}), "train_seconds": experts[role].info.get("seconds")}
                for role in experts}
     write_json(metrics, layout.metrics("experts"))
@@ -120,15 +128,19 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
     return written
 
 # %% ../nbs/07b_pipeline.ipynb #5781d87a
+RUN_VOLATILE = ("seconds", "resumed")     # wall time, and whether an interruption happened: not part of the output
+
+
 def stage_train_translator(params: dict, layout: Layout, experiment: str, progress: bool = True) -> dict:
     """Train every run of `experiment` (`ginn.runs.train_runs`, with the profile's `workers`); writes
-    `models/translators/<experiment>/training.json` last."""
+    `models/translators/<experiment>/training.json` last (the run summaries without `RUN_VOLATILE`, so that a
+    rerun writes the same bytes; the progress log prints the seconds)."""
     if experiment not in params["experiments"]:
         raise ValueError(f"unknown experiment {experiment!r}; params.yaml lists {', '.join(params['experiments'])}")
     layout.translators(experiment).mkdir(parents=True, exist_ok=True)
     runs = train_runs(params[experiment]["translator"], layout, experiment, params["device"],
                       params.get("workers", 1), progress)
-    summary = {"experiment": experiment, "runs": runs}
+    summary = {"experiment": experiment, "runs": [{k: v for k, v in r.items() if k not in RUN_VOLATILE} for r in runs]}
     write_json(summary, layout.translators(experiment) / "training.json")
     return summary
 
@@ -143,8 +155,22 @@ def execute_report(name: str, layout: Layout, parameters: dict, progress: bool =
     pm.execute_notebook(str(experiment_notebook(name, layout.root)), str(tmp), kernel_name="python3",
                         language="python", parameters={"root": str(layout.root.resolve()), **parameters},
                         cwd=str(layout.root), progress_bar=progress)
+    drop_timings(tmp)
     tmp.replace(report)
     return report
+
+
+def drop_timings(path: Path):
+    """Remove what papermill records about *when* a notebook ran (start and end times, durations), so that the
+    same inputs give a byte-identical report; what it computed stays."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for meta in [nb.get("metadata", {}).get("papermill", {})] + [c.get("metadata", {}).get("papermill", {})
+                                                                  for c in nb.get("cells", [])]:
+        for key in ("start_time", "end_time", "duration"):
+            meta.pop(key, None)
+    for c in nb.get("cells", []):
+        c.get("metadata", {}).pop("execution", None)
+    Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def stage_evaluate(params: dict, layout: Layout, experiment: str, progress: bool = True) -> Path:
@@ -172,6 +198,15 @@ STAGES = {"prepare": prepare, "train-experts": stage_train_experts, "extract": s
           "train-translator": stage_train_translator, "evaluate": stage_evaluate, "results": stage_results}
 
 
+def deterministic(threads: int | None):
+    """Make this process compute the same bits on every run: deterministic kernels where PyTorch has a choice, and a
+    fixed number of CPU threads (the profile's `threads`), since how a sum is split over threads changes its
+    rounding. Every random draw of a stage is already seeded from params.yaml."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ginn` command."
     parser = argparse.ArgumentParser(prog="ginn", description="ginn pipeline stages (see dvc.yaml)")
@@ -190,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                              "on a GPU with `dvc repro paper/dvc.yaml` (ginn.text2biggan; README, 'Paper scale'); the "
                              "root pipeline runs the embedded profiles: set `profile: default` (or smoke)")
         layout = Layout(Path(args.params).parent)
+        deterministic(params.get("threads"))
         extra = (args.experiment,) if needs_name else ()
         STAGES[args.stage](params, layout, *extra, progress=not args.quiet)
     except (ValueError, FileNotFoundError, TypeError) as e:

@@ -11,17 +11,20 @@ import multiprocessing
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import Layout
 from .features import check_pair, feature_name, load_cache
-from .train import fit
+from .io import write_json
+from .train import final_gain, fit
 from .translator import build_translator
 
 # %% auto #0
-__all__ = ['MARGINAL', 'run_name', 'experiment_runs', 'pair_caches', 'condition_array', 'train_run', 'train_runs']
+__all__ = ['MARGINAL', 'SCHEDULE_KEYS', 'CURVE_KEYS', 'CURVE_ROW', 'run_name', 'experiment_runs', 'pair_caches',
+           'condition_array', 'curve_record', 'read_curves', 'train_run', 'train_runs']
 
 # %% ../nbs/07a_runs.ipynb #5860d776
 MARGINAL = "marginal"
@@ -58,9 +61,48 @@ def _run_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+SCHEDULE_KEYS = ("warmup", "val_every", "patience", "cuts", "factor", "min_delta")
+
+
+def curve_record(name: str, history) -> dict:
+    """A run's curves for `metrics/curves/<experiment>/<run>.json`: one row per validation (step, mean training loss
+    since the previous validation, validation NLL, learning rate), which `dvc plots show` draws, and how it ended."""
+    rows, start = [], 0
+    for step, nll, lr in zip(history.val_step, history.val_nll, history.lr):
+        losses = history.loss[start:step - history.step[0] + 1]
+        start = step - history.step[0] + 1
+        rows.append(dict(step=step, loss=float(np.mean(losses)) if losses else None, val_nll=nll, lr=lr))
+    return dict(run=name, steps=history.step[-1], best_step=history.best_step, stopped=history.stopped,
+                final_gain=final_gain(history), curve=rows)
+
+
+CURVE_KEYS = ("run", "steps", "best_step", "stopped", "final_gain", "curve")
+CURVE_ROW = ("step", "loss", "val_nll", "lr")
+
+
+def read_curves(path: str | Path) -> dict:
+    """The curves a run saved (`curve_record`), checked, as columns: `step`, `loss`, `val_nll`, `lr` (one entry per
+    validation) beside `steps`, `best_step`, `stopped` and `final_gain`."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e}): retrain the run (dvc repro -f -s train_translator@NAME)") from e
+    missing = [k for k in CURVE_KEYS if k not in record]
+    bad = [i for i, row in enumerate(record.get("curve", [])) if set(row) != set(CURVE_ROW)]
+    if missing or bad:
+        what = f"lacks {missing}" if missing else f"has rows without exactly {list(CURVE_ROW)} (first: {bad[0]})"
+        raise ValueError(f"{path} {what}: it is not a run's curves file (ginn.runs.curve_record)")
+    if not isinstance(record["stopped"], str):
+        raise ValueError(f"{path}: stopped must be a reason ('plateau' or 'step cap'), got {record['stopped']!r}")
+    columns = {k: [row[k] for row in record["curve"]] for k in CURVE_ROW}
+    return {**{k: record[k] for k in CURVE_KEYS if k != "curve"}, **columns}
+
+
 def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: str, seed: int,
               device: str = "auto", progress: bool = True) -> dict:
-    "Train one run, resuming from its checkpoint if one exists, save the model, and return its summary."
+    """Train one run until its validation NLL stops improving (or its step cap), resuming from its checkpoint if one
+    exists; save the model and its curves; return its summary."""
     target, cond = pair_caches(tr, layout, condition, "train")
     val_target, val_cond = pair_caches(tr, layout, condition, "val")
     zeros = lambda n: np.zeros((n, 1), dtype=np.float32)
@@ -71,17 +113,22 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
     inputs = target.meta["files"], None if cond is None else cond.meta["files"]
     ckpt = layout.checkpoints(experiment) / f"{name}-{_run_hash(tr[kind], tr['train'], *inputs, seed)}"
     resume = (ckpt / "checkpoint.safetensors").is_file()
+    train = tr["train"]
     start = time.perf_counter()
-    history = fit(model, target.source(), z_phi, steps=tr["train"]["steps"], batch_size=tr["train"]["batch_size"],
-                  lr=tr["train"].get("lr"), val=(val_target.source(), val_phi), ckpt_dir=ckpt,
-                  ckpt_every=tr["train"].get("ckpt_every", 500), resume=resume, seed=seed, device=device,
-                  progress=progress)
+    history = fit(model, target.source(), z_phi, steps=train["steps"], batch_size=train["batch_size"],
+                  lr=train.get("lr"), val=(val_target.source(), val_phi), ckpt_dir=ckpt,
+                  ckpt_every=train.get("ckpt_every", 500), resume=resume, seed=seed, device=device,
+                  progress=progress, **{k: train[k] for k in SCHEDULE_KEYS if k in train})
     model.cpu().save(layout.translators(experiment) / f"{name}.safetensors")
+    curves = curve_record(name, history)
+    write_json(curves, layout.curves(experiment) / f"{name}.json")
     shutil.rmtree(ckpt, ignore_errors=True)
-    return dict(condition=condition, kind=kind, seed=seed, steps=tr["train"]["steps"], resumed=resume,
+    return dict(condition=condition, kind=kind, seed=seed, steps=history.step[-1], best_step=history.best_step,
+                stopped=history.stopped, final_gain=curves["final_gain"], resumed=resume,
                 seconds=round(time.perf_counter() - start, 2), final_loss=history.loss[-1],
-                val_nll=history.val_nll[-1] if history.val_nll else None,
+                val_nll=min(history.val_nll) if history.val_nll else None,
                 parameters=sum(p.numel() for p in model.parameters()))
+
 
 # %% ../nbs/07a_runs.ipynb #be59dff4
 def _train_run_single_thread(args: tuple) -> dict:
@@ -92,7 +139,7 @@ def _train_run_single_thread(args: tuple) -> dict:
 
 def _report(experiment: str, r: dict, done: int, total: int):
     print(f"train_translator@{experiment}: {done}/{total} {run_name(r['condition'], r['kind'], r['seed'])} "
-          f"({r['steps']} steps, {r['seconds']:.0f} s, val NLL {r['val_nll']})", flush=True)
+          f"({r['steps']} steps, {r['stopped']}, best at {r['best_step']}, {r['seconds']:.0f} s, val NLL {r['val_nll']})", flush=True)
 
 
 def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", workers: int = 1,

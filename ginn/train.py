@@ -21,8 +21,8 @@ from .translator import BaseTranslator, MLPTranslator, Translator
 
 # %% auto #0
 __all__ = ['ArrayLike', 'CHECKPOINT_NAME', 'as_source', 'rows', 'check_source', 'EpochBatches', 'training_loss', 'History',
-           'save_checkpoint', 'load_checkpoint', 'make_optimizer', 'resolve_device', 'fit', 'linear_gaussian',
-           'bimodal_modes', 'bimodal', 'demo']
+           'save_checkpoint', 'load_checkpoint', 'Plateau', 'final_gain', 'make_optimizer', 'resolve_device',
+           'learning_rate', 'fit', 'linear_gaussian', 'bimodal_modes', 'bimodal', 'demo']
 
 # %% ../nbs/05_train.ipynb #cc4a3f43
 ArrayLike = "np.ndarray | Tensor | str | Path"
@@ -102,16 +102,25 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 @dataclass
 class History:
-    "What a run measured: training loss per step and validation NLL (nats/sample) at validation steps."
+    """What a run measured: training loss per step, validation NLL (nats/sample) and learning rate at validation
+    steps, the step of the lowest validation NLL (whose weights the run returns) and why it stopped."""
     step: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     val_step: list[int] = field(default_factory=list)
     val_nll: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_step: int | None = None
+    stopped: str | None = None              # "plateau" (early stopping) or "step cap"
     checkpoint: str | None = None
 
+    def record(self) -> dict:
+        "Everything but the checkpoint path, as plain JSON-able values."
+        return {k: v for k, v in vars(self).items() if k != "checkpoint"}
 
-def save_checkpoint(path: Path, model, optimizer, step: int, settings: dict, history: History):
-    "Write model, optimiser, RNG state and history atomically to `path`."
+
+def save_checkpoint(path: Path, model, optimizer, step: int, settings: dict, history: History,
+                    plateau: "Plateau | None" = None):
+    "Write model, optimiser, RNG state, history and the stopping rule (with its best weights) atomically to `path`."
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     for i, state in opt_state["state"].items():
@@ -119,13 +128,16 @@ def save_checkpoint(path: Path, model, optimizer, step: int, settings: dict, his
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     meta = {"ginn_checkpoint": "1", "step": str(step), "model_class": type(model).__name__,
             "model_config": json.dumps(model.config), "settings": json.dumps(settings),
-            "param_groups": json.dumps(opt_state["param_groups"]),
-            "history": json.dumps({k: v for k, v in vars(history).items() if k != "checkpoint"})}
+            "param_groups": json.dumps(opt_state["param_groups"]), "history": json.dumps(history.record())}
+    if plateau is not None:
+        meta["plateau"] = json.dumps(plateau.state_dict())
+        tensors.update({f"best/{k}": v for k, v in (plateau.best_weights or {}).items()})
     save_safetensors(tensors, path, meta)
 
 
-def load_checkpoint(path: Path, model, optimizer, settings: dict) -> tuple[int, History]:
-    "Restore a checkpoint written by `save_checkpoint` into `model` and `optimizer`; return `(step, history)`."
+def load_checkpoint(path: Path, model, optimizer, settings: dict,
+                    plateau: "Plateau | None" = None) -> tuple[int, History]:
+    "Restore a checkpoint written by `save_checkpoint` into `model`, `optimizer` (and `plateau`); return `(step, history)`."
     tensors, meta = read_safetensors(path)
     if meta.get("ginn_checkpoint") != "1":
         raise ValueError(f"{path} is not a ginn training checkpoint")
@@ -145,7 +157,64 @@ def load_checkpoint(path: Path, model, optimizer, settings: dict) -> tuple[int, 
             state.setdefault(int(i), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng/torch_cpu"])
+    if plateau is not None and "plateau" in meta:
+        best = {k[len("best/"):]: v for k, v in tensors.items() if k.startswith("best/")}
+        plateau.load_state_dict(json.loads(meta["plateau"]), best or None)
     return int(meta["step"]), History(**json.loads(meta["history"]), checkpoint=str(path))
+
+# %% ../nbs/05_train.ipynb #4e20a3a9
+class Plateau:
+    """Early stopping with learning-rate cuts on a validation curve (lower is better); see above. `update` returns
+    "improved", "wait", "cut" or "stop"; `best_weights` holds a copy of the weights at the lowest value seen."""
+
+    def __init__(self, patience: int, cuts: int = 2, factor: float = 0.3, min_delta: float = 0.0):
+        if patience < 1 or cuts < 0 or not 0 < factor < 1 or min_delta < 0:
+            raise ValueError(f"need patience >= 1, cuts >= 0, 0 < factor < 1 and min_delta >= 0; got patience="
+                             f"{patience}, cuts={cuts}, factor={factor}, min_delta={min_delta}")
+        self.patience, self.cuts, self.factor, self.min_delta = patience, cuts, factor, min_delta
+        self.best, self.reference, self.best_step = math.inf, math.inf, None
+        self.wait, self.cut, self.scale = 0, 0, 1.0
+        self.best_weights: dict | None = None
+
+    def update(self, step: int, value: float, model=None) -> str:
+        "Record the validation `value` at `step` (and the weights of `model` if it is the best so far)."
+        if value < self.best:
+            self.best, self.best_step = value, step
+            if model is not None:
+                self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if value < self.reference - self.min_delta:
+            self.reference, self.wait = value, 0
+            return "improved"
+        self.wait += 1
+        if self.wait < self.patience:
+            return "wait"
+        if self.cut < self.cuts:
+            self.cut, self.wait, self.scale = self.cut + 1, 0, self.scale * self.factor
+            return "cut"
+        return "stop"
+
+    _STATE = ("best", "reference", "best_step", "wait", "cut", "scale")
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict, best_weights: dict | None = None):
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        self.best_weights = best_weights
+
+
+def final_gain(history: History, fraction: float = 0.2) -> float | None:
+    """The share of a run's total validation improvement (first validation → best) made in its last `fraction` of
+    steps: 0.004 means the last fifth improved the NLL by 0.4% of what the run gained. None without two validations."""
+    if len(history.val_nll) < 2:
+        return None
+    end = history.val_step[-1]
+    before = [v for s, v in zip(history.val_step, history.val_nll) if s <= (1 - fraction) * end]
+    if not before:
+        return None
+    total = history.val_nll[0] - min(history.val_nll)
+    return float((min(before) - min(history.val_nll)) / total) if total > 0 else 0.0
 
 # %% ../nbs/05_train.ipynb #a89c216b
 def make_optimizer(model, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -160,47 +229,72 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _open_val(val, model) -> tuple | None:
+    if val is None:
+        return None
+    val = as_source(val[0], "val z_theta"), as_source(val[1], "val z_phi")
+    if len(val[0]) != len(val[1]):
+        raise ValueError(f"validation z_theta and z_phi differ in length: {len(val[0])} and {len(val[1])}")
+    check_source(val[0], "val z_theta", (model.dim,))
+    check_source(val[1], "val z_phi", model.cond_shape)
+    return val
+
+
+def learning_rate(step: int, lr: float, warmup: int, scale: float = 1.0) -> float:
+    "The learning rate of `step`: a linear rise over the first `warmup` steps to `lr`, times the plateau's `scale`."
+    return lr * scale * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+
+
 def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         lr: float | None = None, val: tuple | None = None, val_every: int | None = None,
+        warmup: int = 0, patience: int | None = None, cuts: int = 2, factor: float = 0.3, min_delta: float = 0.0,
         ckpt_dir: str | Path | None = None, ckpt_every: int = 1000, resume: bool = False, seed: int = 0,
         device: str | torch.device = "auto", progress: bool = True) -> History:
-    """Train `model` on pairs `(z_theta, z_phi)` for `steps` optimiser steps; return its `History`.
+    """Train `model` on pairs `(z_theta, z_phi)` for at most `steps` optimiser steps; return its `History`.
 
     A `Translator` minimises Eq. 4 (mean NLL in nats), an `MLPTranslator` squared error. `lr` defaults to
-    `batch_size * 4.5e-6`. `val=(z_theta_val, z_phi_val)` is evaluated every `val_every` steps (default: 10
-    times per run). With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end;
-    `resume=True` continues from it and ends with the same weights as an uninterrupted run. A stochastic
-    feature cache (`ginn.features.PosteriorSource`) is resampled at every step, z = mean + std·ε, as the
-    authors' code does with its posterior samples. The model is returned in eval mode."""
+    `batch_size * 4.5e-6`, reached after a linear `warmup`. `val=(z_theta_val, z_phi_val)` is evaluated every
+    `val_every` steps (default: 10 times per run). With `patience` (and `val`), the run stops early on a plateau of
+    the validation NLL (`Plateau`: `cuts` learning-rate cuts by `factor` first) and returns the weights of its best
+    validation. With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end; `resume=True`
+    continues from it and ends with the same weights as an uninterrupted run. A stochastic feature cache
+    (`ginn.features.PosteriorSource`) is resampled at every step, z = mean + std·ε, as the authors' code does with
+    its posterior samples. The model is returned in eval mode."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
+    if patience is not None and val is None:
+        raise ValueError("early stopping (patience) needs validation pairs: pass val=(z_theta_val, z_phi_val)")
     device = resolve_device(device)
     z_theta, z_phi = as_source(z_theta, "z_theta"), as_source(z_phi, "z_phi")
     if len(z_theta) != len(z_phi):
         raise ValueError(f"z_theta and z_phi must hold the same number of pairs, got {len(z_theta)} and {len(z_phi)}")
     check_source(z_theta, "z_theta", (model.dim,))
     check_source(z_phi, "z_phi", model.cond_shape)
-    if val is not None:
-        val = as_source(val[0], "val z_theta"), as_source(val[1], "val z_phi")
-        if len(val[0]) != len(val[1]):
-            raise ValueError(f"validation z_theta and z_phi differ in length: {len(val[0])} and {len(val[1])}")
-        check_source(val[0], "val z_theta", (model.dim,))
-        check_source(val[1], "val z_phi", model.cond_shape)
+    val = _open_val(val, model)
     lr = batch_size * 4.5e-6 if lr is None else lr
     val_every = val_every or max(steps // 10, 1)
+    plateau = Plateau(patience, cuts, factor, min_delta) if patience else None
     batches = EpochBatches(len(z_theta), batch_size, seed)
     model.to(device).train()
     optimizer = make_optimizer(model, lr, device)
     settings = dict(batch_size=batch_size, lr=lr, seed=seed, n_pairs=len(z_theta))
+    if plateau is not None or warmup:
+        settings.update(warmup=warmup, val_every=val_every, patience=patience, cuts=cuts, factor=factor,
+                        min_delta=min_delta)
     ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME if ckpt_dir is not None else None
     start, history = 0, History()
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt_path}: "
                                     "pass the ckpt_dir of the interrupted run, or resume=False")
-        start, history = load_checkpoint(ckpt_path, model, optimizer, settings)
+        start, history = load_checkpoint(ckpt_path, model, optimizer, settings, plateau)
+        if history.stopped == "step cap" and start < steps:     # a run resumed with a higher cap goes on
+            history.stopped = None
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=type(model).__name__)
-    for step in bar:
+    for step in bar if history.stopped is None else ():
+        rate = learning_rate(step, lr, warmup, plateau.scale if plateau else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         idx = batches(step)
         loss, reported = training_loss(model, rows(z_theta, idx, step, seed).to(device),
                                        rows(z_phi, idx, step, seed).to(device))
@@ -213,15 +307,29 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         optimizer.step()
         history.step.append(step + 1)
         history.loss.append(reported)
-        if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
+        last_step = step + 1 == steps
+        if val is not None and ((step + 1) % val_every == 0 or last_step):
             history.val_step.append(step + 1)
             history.val_nll.append(conditional_nll(model, *val)["nats"])
-            bar.set_postfix(loss=f"{reported:.3f}", val_nll=f"{history.val_nll[-1]:.3f}")
+            history.lr.append(rate)
+            if plateau is not None and plateau.update(step + 1, history.val_nll[-1], model) == "stop":
+                history.stopped = "plateau"
+            bar.set_postfix(loss=f"{reported:.3f}", val_nll=f"{history.val_nll[-1]:.3f}", lr=f"{rate:.2g}")
         elif (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{reported:.3f}")
-        if ckpt_path is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
+        if last_step and history.stopped is None:
+            history.stopped = "step cap"
+        if ckpt_path is not None and ((step + 1) % ckpt_every == 0 or history.stopped is not None):
             history.checkpoint = str(ckpt_path)
-            save_checkpoint(ckpt_path, model, optimizer, step + 1, settings, history)
+            save_checkpoint(ckpt_path, model, optimizer, step + 1, settings, history, plateau)
+        if history.stopped is not None:
+            break
+    bar.close()
+    if plateau is not None and plateau.best_weights is not None:
+        model.load_state_dict(plateau.best_weights)
+        history.best_step = plateau.best_step
+    elif history.step:
+        history.best_step = history.step[-1]            # without early stopping, the run returns its last weights
     model.eval()
     return history
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from numbers import Integral
 from pathlib import Path
@@ -19,9 +20,9 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'SCENES', 'POSITIONS', 'COLOUR_RGB', 'S
            'MAX_ROTATION', 'MAX_OBJECTS', 'SUPERSAMPLE', 'SLOTS', 'CAPTION_SPLITS', 'MODALITIES', 'ATTRIBUTE_LAYOUT',
            'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'DERIVED_INPUTS', 'MASK_GREY', 'WORLD_FORMAT', 'position_class',
            'sample_attributes', 'sincos', 'inside', 'object_depth', 'background', 'render_background', 'render',
-           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions', 'World',
-           'make_world', 'attributes_vector', 'as_rgb', 'masked_images', 'deformed_images', 'derived_input',
-           'save_world', 'load_world']
+           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions',
+           'named_attributes', 'World', 'make_world', 'attributes_vector', 'as_rgb', 'masked_images', 'deformed_images',
+           'derived_input', 'save_world', 'load_world']
 
 # %% ../nbs/02_world.ipynb #3ae96117
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -398,6 +399,42 @@ def make_captions(world: "World", n_captions: int = 5, split: str = "train", see
             caps.append(_article(pick(templates, r[0]).format(**words)))
         out.append(caps)
     return out
+
+# %% ../nbs/02_world.ipynb #6b2dbd5f
+@lru_cache(maxsize=8)
+def _phrase_patterns(vocab: Vocab) -> tuple:
+    "`(pattern, kind, class index)` of every phrase of every split, longest phrase first."
+    rows = sorted(((p.lower(), kind, _SLOT_NAMES[kind].index(key)) for kind, key, p, _ in vocab.rows
+                   if kind != "template"), key=lambda r: -len(r[0]))
+    return tuple((re.compile(r"(?<![\w-])" + re.escape(" ".join(p.split())) + r"(?![\w-])"), kind, k)
+                 for p, kind, k in rows)
+
+
+@lru_cache(maxsize=1)
+def _default_vocab() -> Vocab:
+    return load_vocab()
+
+
+def named_attributes(caption: str, vocab: Vocab | None = None) -> dict[str, int]:
+    """`{attribute: class index}` of the attributes (`SLOTS`: size, colour, shape, position, scene) that
+    `caption` names with a phrase of `vocab` (the shipped vocabulary by default, train and held-out phrases
+    alike); an attribute it does not name is absent."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+    vocab = _default_vocab() if vocab is None else vocab
+    text = " ".join(caption.lower().split())
+    taken = np.zeros(len(text), dtype=bool)
+    found: dict[str, int] = {}
+    for pattern, kind, k in _phrase_patterns(vocab):
+        for m in pattern.finditer(text):
+            if taken[m.start():m.end()].any():          # inside a longer phrase already read
+                continue
+            taken[m.start():m.end()] = True
+            if found.get(kind, k) != k:
+                raise ValueError(f"caption {caption!r} names two values of {kind}: "
+                                 f"{_SLOT_NAMES[kind][found[kind]]!r} and {_SLOT_NAMES[kind][k]!r}")
+            found[kind] = k
+    return {kind: found[kind] for kind in SLOTS if kind in found}
 
 # %% ../nbs/02_world.ipynb #746b9994
 MODALITIES = ("image", "labels", "depth", "edges", "grey", "low8", "low16")

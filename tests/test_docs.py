@@ -221,6 +221,28 @@ def test_docs_load_nothing_from_the_network(site):
     assert 'src="../_static/mathjax/tex-chtml.js' in (docs / "library" / "00_flow.html").read_text()
 
 
+def test_docs_staged_notebooks_number_lines_from_their_cells(tmp_path):
+    """myst-nb numbers a staged notebook's lines from the cells' own line counts (`source_map`), not 10000 per cell:
+    MyST parses each `{eval-rst}` block (every autodoc entry) after as many blank lines as its line number, which
+    made the API pages take minutes to read. Read back from a Sphinx warning's line number, here from a notebook
+    of 60 cells whose last one holds an `{eval-rst}` block with an unknown directive."""
+    import subprocess
+    import sys
+    build = docs_builder()
+    cells = [build.markdown_cell(f"# Page\n\nparagraph {i}\n\nmore text") for i in range(59)]
+    cells.append(build.markdown_cell("```{eval-rst}\n.. no-such-directive:: x\n```"))
+    src = tmp_path / "src"
+    build.write_nb({"cells": cells, "metadata": {"kernelspec": build.KERNELSPEC}, "nbformat": 4, "nbformat_minor": 5},
+                   src / "page.ipynb")
+    smap = json.loads((src / "page.ipynb").read_text())["metadata"]["source_map"]
+    assert smap == [6 * i for i in range(60)]           # each cell: 5 lines and one between
+    (tmp_path / "conf.py").write_text("extensions = ['myst_nb']\nnb_execution_mode = 'off'\nroot_doc = 'page'\n")
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(tmp_path), str(src),
+                           str(tmp_path / "html")], capture_output=True, text=True)
+    lines = [int(n) for n in re.findall(r"page\.ipynb:(\d+): \w+: Unknown directive type", done.stderr)]
+    assert lines and lines[0] < 400, done.stderr       # 59 * 6 + 2 (without source_map: 600002)
+
+
 # ---------------------------------------------------------------- the site in a browser
 def _missing_browser():
     try:

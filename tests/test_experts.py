@@ -10,9 +10,10 @@ from safetensors.torch import save_file
 
 from ginn.experts.embedded import (ORACLE_HEADS, ROLES, TRAINED_ROLES, WORLD_HEADS, ConvClassifier, ConvSegmenter,
                                    ConvVAE, Expert, Oracle, TextExpert, classifier_accuracy, evaluate_experts,
-                                   load_expert, one_hot_argmax, save_expert, segmentation_iou, segmenter_miou,
-                                   to_input, train_experts, train_segmenter, train_vae, train_world_classifier,
-                                   train_world_segmenter, train_world_vae, vae_psnr, world_targets)
+                                   load_expert, one_hot_argmax, perceptual_features, reconstruction_accuracy,
+                                   save_expert, segmentation_iou, segmenter_miou, to_input, train_experts,
+                                   train_segmenter, train_vae, train_world_classifier, train_world_segmenter,
+                                   train_world_vae, vae_loss, vae_psnr, world_targets)
 from ginn.translator import Translator
 from ginn.world import make_world
 
@@ -174,6 +175,108 @@ def test_vae_learns(trained, held_out):
     assert psnr > before + 3 and psnr > 15, (psnr, before)
 
 
+def test_vae_loss_terms_by_hand():
+    "Eq. 14 at the optimal γ: D/2 log MSE + KL; a perceptual map adds weight · D/2 · log of its own MSE."
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.rand(4, 3, 8, 8)
+    mean, logvar = torch.randn(4, 5), torch.full((4, 5), -30.0)         # std ~ 3e-7: z is the mean
+
+    def decode(z):
+        return y
+    d, mse = x[0].numel(), (y - x).pow(2).mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+    loss, got_mse = vae_loss(x, mean, logvar, decode)
+    torch.testing.assert_close(got_mse, mse)
+    torch.testing.assert_close(loss, 0.5 * d * torch.log(mse + 1e-8) + kl)
+
+    def half(imgs):                                                     # one feature map: 2 x channel 0
+        return [imgs[:, :1] * 2.0]
+    feat_mse = (2.0 * (y - x)[:, :1]).pow(2).mean()
+    with_perc, _ = vae_loss(x, mean, logvar, decode, features=half, perceptual_weight=0.5)
+    torch.testing.assert_close(with_perc, loss + 0.5 * 0.5 * d * torch.log(feat_mse + 1e-8))
+    with pytest.raises(ValueError, match="no feature maps"):
+        vae_loss(x, mean, logvar, decode, features=lambda imgs: [])
+
+
+def test_perceptual_features_are_differentiable_and_checked(trained):
+    clf = trained["classifier"]
+    features = perceptual_features(clf, ("middle", "early"))
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    maps = features(x)
+    assert [tuple(m.shape[1:]) for m in maps] == [clf.output_shape("middle"), clf.output_shape("early")]
+    sum(m.sum() for m in maps).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in clf.parameters())      # the perceptual network stays frozen
+    with pytest.raises(ValueError, match="has no tap 'z'"):
+        perceptual_features(clf, ("z",))
+    with pytest.raises(TypeError, match="ConvClassifier"):
+        perceptual_features(trained["vae"])
+    with pytest.raises(ValueError, match="must be frozen"):
+        perceptual_features(ConvClassifier().requires_grad_(True))
+
+
+@pytest.mark.parametrize("size, channels", [(32, 3), (16, 3), (28, 1)])
+def test_vae_decoder_blocks(size, channels):
+    "Residual blocks add decoder capacity at every scale and keep the shapes; blocks=0 is the plain decoder."
+    plain, deep = (ConvVAE(size=size, channels=channels, latent_dim=8, blocks=b) for b in (0, 2))
+    assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in plain.parameters())
+    assert plain.encoder.state_dict().keys() == deep.encoder.state_dict().keys()
+    for vae in (plain, deep):
+        assert vae.decode(torch.randn(3, 8)).shape == (3, channels, size, size)
+    with pytest.raises(ValueError, match="blocks must be >= 0"):
+        ConvVAE(blocks=-1)
+
+
+def test_vae_saved_without_blocks_loads_as_plain_decoder(tmp_path):
+    "A file written before `blocks` existed (config without it) holds the plain decoder, and loads."
+    old = ConvVAE(latent_dim=8, blocks=0)
+    old._config.pop("blocks")
+    back = load_expert(save_expert(old, tmp_path / "old.safetensors"))
+    assert back.config["blocks"] == 0
+    z = torch.randn(2, 8)
+    assert torch.equal(back.decode(z), old.decode(z))
+
+
+def test_perceptual_vae_trains_and_records_it(world, held_out, trained):
+    vae = train_world_vae(world[:512], epochs=1, perceptual=trained["classifier"], perceptual_taps=("early",),
+                          **QUICK)
+    assert vae.info["perceptual"] == {"network": trained["classifier"].name, "taps": ["early"], "weight": 1.0}
+    assert vae_psnr(vae, held_out.image) > vae_psnr(ConvVAE(), held_out.image)
+    with pytest.raises(TypeError, match="not the name"):
+        train_world_vae(world[:64], perceptual="world_classifier", **QUICK)
+    with pytest.raises(ValueError, match="perceptual network reads images"):
+        train_vae(world.low16[:64], perceptual=trained["classifier"], **QUICK)
+
+
+def test_train_experts_trains_the_perceptual_network_first(world, tmp_path):
+    quick = dict(epochs=1, batch_size=32)
+    settings = {"world_vae": {**quick, "perceptual": "world_classifier"}, "world_classifier": quick}
+    experts = train_experts(world[:256], settings=settings, roles=("world_vae", "world_classifier"),
+                            out_dir=tmp_path, progress=False)
+    assert list(experts) == ["world_vae", "world_classifier"]            # returned in the order asked
+    assert experts["world_vae"].info["perceptual"]["network"] == "world_classifier"
+    again = train_experts(world[:256], settings={"world_vae": settings["world_vae"]}, roles=("world_vae",),
+                          out_dir=tmp_path, progress=False)               # the saved classifier is used
+    assert again["world_vae"].info["perceptual"]["network"] == "world_classifier"
+    with pytest.raises(ValueError, match="needs the expert 'world_classifier'"):
+        train_experts(world[:256], settings={"world_vae": settings["world_vae"]}, roles=("world_vae",),
+                      progress=False)
+    with pytest.raises(ValueError, match="no trained role"):
+        train_experts(world[:256], settings={"world_vae": {"perceptual": "vgg"}}, roles=("world_vae",),
+                      progress=False)
+
+
+def test_reconstruction_accuracy_is_the_oracle_on_decoded_scenes(trained, held_out):
+    oracle = Oracle(ConvClassifier(heads=ORACLE_HEADS, width=8), trained["segmenter"])
+    scenes = held_out[:50]
+    acc = reconstruction_accuracy(trained["vae"], oracle, scenes, batch_size=16)
+    recon = trained["vae"].decode(trained["vae"].encode(scenes.image))
+    assert acc == classifier_accuracy(oracle.classifier, recon, world_targets(scenes, ORACLE_HEADS))
+    assert set(acc) == set(ORACLE_HEADS) and all(0 <= v <= 1 for v in acc.values())
+    with pytest.raises(TypeError, match="ConvVAE and an Oracle"):
+        reconstruction_accuracy(trained["classifier"], oracle, scenes)
+
+
 def test_trainers_are_seeded_and_return_frozen_experts(world):
     a = train_world_vae(world[:256], epochs=1, seed=3, **QUICK)
     b = train_world_vae(world[:256], epochs=1, seed=3, **QUICK)
@@ -262,13 +365,18 @@ def test_oracle_scores(trained, held_out):
 
 # --- saving and loading -----------------------------------------------------------------------------------------
 
+def without_seconds(info):
+    "`info` without its wall-clock entries, at any depth: what a saved expert keeps."
+    return {k: without_seconds(v) if isinstance(v, dict) else v for k, v in info.items() if k != "seconds"}
+
+
 def test_save_load_round_trip(trained, held_out, tmp_path):
     oracle = Oracle(trained["classifier"], trained["segmenter"])
     oracle.info = {"note": "round trip"}
     for name, e in dict(trained, oracle=oracle).items():
         path = save_expert(e, tmp_path / f"{name}.safetensors")
         back = load_expert(path)
-        assert type(back) is type(e) and back.config == e.config and back.info == e.info
+        assert type(back) is type(e) and back.config == e.config and back.info == without_seconds(e.info)
         sd, sd_back = e.state_dict(), back.state_dict()
         assert sd.keys() == sd_back.keys() and all(torch.equal(sd[k], sd_back[k]) for k in sd)
         assert not back.training and not any(p.requires_grad for p in back.parameters())

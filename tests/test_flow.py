@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ginn.flow import ActNorm, ConditionalFlow, CouplingNets, dense
+from ginn import _onednn
+from ginn.flow import ActNorm, ConditionalFlow, CouplingNets, Permutation, dense
 from helpers import small_translator
 
 
@@ -76,17 +77,36 @@ def test_actnorm_is_not_initialised_in_eval_mode():
     assert not bool(an.initialized)
 
 
+@pytest.mark.parametrize("width", [40, _onednn.MIN_WIDTH])     # the plain path, and oneDNN where available
 @pytest.mark.parametrize("slope", [0.01, None])
-def test_fast_dense_matches_plain_pytorch(slope):
+def test_fast_dense_matches_plain_pytorch(slope, width):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 40, generator=g, requires_grad=True)
-    w = torch.randn(30, 40, generator=g, requires_grad=True)
-    b = torch.randn(30, generator=g, requires_grad=True)
-    fast, plain = dense(x, w, b, slope), dense(x, w, b, slope, fast=False)
-    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
-    up = torch.randn(16, 30, generator=g)
+    x = torch.randn(16, width, generator=g, requires_grad=True)
+    w = (torch.randn(width, width, generator=g) / width ** 0.5).requires_grad_()
+    b = torch.randn(width, generator=g, requires_grad=True)
+    fast = dense(x, w, b, slope)
+    plain = torch.nn.functional.linear(x, w, b)
+    plain = torch.nn.functional.leaky_relu(plain, slope) if slope is not None else plain
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    up = torch.randn(16, width, generator=g)
     for gf, gp in zip(torch.autograd.grad(fast, [x, w, b], up), torch.autograd.grad(plain, [x, w, b], up)):
         torch.testing.assert_close(gf, gp, atol=1e-3, rtol=1e-4)
+
+
+def test_onednn_path_only_for_wide_cpu_float32_layers():
+    wide, narrow = torch.randn(_onednn.MIN_WIDTH, _onednn.MIN_WIDTH), torch.randn(128, 128)
+    assert _onednn.applies(torch.randn(4, _onednn.MIN_WIDTH), wide) == _onednn.AVAILABLE
+    assert not _onednn.applies(torch.randn(4, 128), narrow)
+    assert not _onednn.applies(torch.randn(4, _onednn.MIN_WIDTH).double(), wide.double())
+    assert not _onednn.applies(torch.randn(4, _onednn.MIN_WIDTH, 1), wide)
+
+
+def test_permutation_reverse_inverts_forward():
+    perm = Permutation.random(7, torch.Generator().manual_seed(0))
+    z = torch.randn(5, 7)
+    torch.testing.assert_close(perm(z), z[:, perm.perm], atol=0, rtol=0)
+    torch.testing.assert_close(perm.reverse(perm(z)), z, atol=0, rtol=0)
+    torch.testing.assert_close(perm(perm.reverse(z)), z, atol=0, rtol=0)
 
 
 def test_coupling_nets_match_two_separate_mlps():

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from ginn.train import CHECKPOINT_NAME, EpochBatches, fit, linear_gaussian, make_optimizer
+from ginn.train import (CHECKPOINT_NAME, EpochBatches, History, Plateau, final_gain, fit, learning_rate,
+                        linear_gaussian, make_optimizer)
 from ginn.translator import MLPTranslator
 from helpers import small_translator
 
@@ -169,3 +170,71 @@ def test_mlp_translator_trains_by_squared_error(data):
     np.testing.assert_allclose(hist.loss[-1], (residual ** 2).sum(1).mean(), rtol=0.5)
     # the fitted variance tracks the residual variance per dimension
     np.testing.assert_allclose(m.log_var.exp().detach().numpy(), residual.var(0), rtol=0.5)
+
+
+# --- training until the validation NLL stops improving (ginn.train.Plateau) -----------------------------------
+
+def test_plateau_never_stops_a_curve_that_keeps_improving():
+    rule = Plateau(patience=2, cuts=2, factor=0.5, min_delta=0.01)
+    actions = [rule.update(s, 100.0 - 0.02 * s) for s in range(2000)]      # 0.02 per validation > min_delta
+    assert set(actions) == {"improved"} and rule.scale == 1.0
+
+
+def test_plateau_cuts_then_stops_on_a_flat_curve_and_not_before():
+    rule = Plateau(patience=3, cuts=2, factor=0.1, min_delta=0.01)
+    for s in range(5):
+        assert rule.update(s, 10.0 - s) == "improved"
+    flat = [rule.update(5 + s, 6.0 + 0.005 * (s % 2)) for s in range(9)]  # wiggles below min_delta
+    assert flat == ["wait", "wait", "cut"] * 2 + ["wait", "wait", "stop"]
+    assert rule.scale == pytest.approx(0.01) and rule.best == 6.0 and rule.best_step == 4
+
+
+def test_plateau_rejects_bad_settings():
+    for bad in [dict(patience=0), dict(patience=2, factor=1.0), dict(patience=2, cuts=-1), dict(patience=2, min_delta=-1)]:
+        with pytest.raises(ValueError, match="patience"):
+            Plateau(**bad)
+
+
+def test_early_stopping_ends_a_run_on_its_plateau_with_its_best_weights(data):
+    tau = small_translator()
+    val = (data["z_theta"][:128], data["z_phi"][:128])
+    hist = fit(tau, data["z_theta"], data["z_phi"], steps=5000, batch_size=64, lr=3e-3, val=val, val_every=20,
+               warmup=20, patience=3, cuts=1, factor=0.3, progress=False)
+    assert hist.stopped == "plateau" and hist.step[-1] < 5000
+    assert hist.best_step == hist.val_step[int(np.argmin(hist.val_nll))]
+    from ginn.metrics import conditional_nll
+    assert conditional_nll(tau, *val)["nats"] == pytest.approx(min(hist.val_nll), abs=1e-4)   # the best weights
+    assert hist.lr[0] == pytest.approx(3e-3) and hist.lr[-1] == pytest.approx(3e-3 * 0.3)     # one cut happened
+
+
+def test_warmup_rises_linearly():
+    assert [learning_rate(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert learning_rate(10, 1.0, 0, scale=0.1) == pytest.approx(0.1)
+
+
+def test_a_resumed_early_stopped_run_ends_where_an_uninterrupted_one_does(data, tmp_path):
+    val = (data["z_theta"][:128], data["z_phi"][:128])
+    kw = dict(batch_size=64, lr=3e-3, val=val, val_every=10, warmup=10, patience=2, cuts=1, seed=1,
+              ckpt_every=10, progress=False)
+    straight = small_translator()
+    hist = fit(straight, data["z_theta"], data["z_phi"], steps=3000, ckpt_dir=tmp_path / "a", **kw)
+    assert hist.stopped == "plateau"
+    cut = hist.val_step[len(hist.val_step) // 2]                       # "interrupted" half-way, on a checkpoint
+    fit(small_translator(), data["z_theta"], data["z_phi"], steps=cut, ckpt_dir=tmp_path / "b", **kw)
+    resumed = small_translator()
+    again = fit(resumed, data["z_theta"], data["z_phi"], steps=3000, ckpt_dir=tmp_path / "b", resume=True, **kw)
+    assert (again.stopped, again.best_step, again.val_nll) == (hist.stopped, hist.best_step, hist.val_nll)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in straight.state_dict().items())
+
+
+def test_final_gain_is_the_share_of_the_improvement_made_in_the_last_fifth():
+    h = History(val_step=[100, 200, 300, 400, 500], val_nll=[10.0, 5.0, 3.0, 2.0, 1.0])
+    assert final_gain(h) == pytest.approx(1.0 / 9.0)
+    h.val_nll = [10.0, 5.0, 3.0, 1.0, 1.0]
+    assert final_gain(h) == 0.0
+    assert final_gain(History(val_step=[1], val_nll=[3.0])) is None
+
+
+def test_patience_needs_validation(data):
+    with pytest.raises(ValueError, match="needs validation"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=5, batch_size=32, patience=2, progress=False)

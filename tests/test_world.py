@@ -353,3 +353,55 @@ def test_bad_render_and_caption_input():
         render({**rec, "x": rec["x"] + 1})
     with pytest.raises(ValueError, match="every scene needs object 0"):
         render({**rec, "shape": np.full((3, 1), -1)})
+
+
+# --- which attributes a caption names -------------------------------------------------------------------------
+
+def _template_fills(caption: str, templates: list[str], slot_phrases: dict) -> list[dict]:
+    """Every way `caption` is one of `templates` with a phrase of `slot_phrases[slot]` in each slot:
+    `{slot: phrase}` (the slots that template has)."""
+    out = []
+    for t in templates:
+        parts = re.split(r"(\{\w*\})", " ".join(t.split()))
+        pattern = "".join("(?:a|an)" if p == "{a}" else
+                          "(?P<%s>%s)" % (p[1:-1], "|".join(map(re.escape, slot_phrases[p[1:-1]])))
+                          if p.startswith("{") else re.escape(p) for p in parts)
+        m = re.fullmatch(pattern, caption)
+        if m:
+            out.append(m.groupdict())
+    return out
+
+
+@pytest.mark.parametrize("split", ["train", "paraphrase"])
+def test_named_attributes_recovers_what_the_template_filled(world, vocab, split):
+    from ginn.world import SLOTS, named_attributes
+    names = dict(size=SIZES, colour=COLOURS, shape=SHAPES, position=POSITIONS, scene=SCENES)
+    sub = world[:1500]
+    captions = make_captions(sub, 3, split=split)
+    templates = vocab.templates(split)
+    seen_slot_sets = set()
+    slot_phrases = {k: [p for key in names[k] for p in vocab.phrases(k, key, split)] for k in SLOTS}
+    for i, caps in enumerate(captions):
+        truth = {kind: int(getattr(sub, kind)[i]) for kind in SLOTS}
+        for cap in caps:
+            # the template that wrote it, and the phrase in each slot: each one of the true value's phrases
+            fills = [f for f in _template_fills(cap, templates, slot_phrases)
+                     if all(p in vocab.phrases(k, names[k][truth[k]], split) for k, p in f.items())]
+            assert fills, f"no template of split {split!r} explains {cap!r}"
+            expected = {k: truth[k] for k in fills[0]}
+            assert named_attributes(cap, vocab) == expected, cap
+            seen_slot_sets.add(frozenset(expected))
+    assert len(seen_slot_sets) >= 3          # templates that omit different attributes were all exercised
+
+
+def test_named_attributes_prefers_the_longest_phrase():
+    from ginn.world import named_attributes
+    assert named_attributes("a red heart shape near the top right") == dict(
+        colour=COLOURS.index("red"), shape=SHAPES.index("heart"), position=POSITIONS.index("top-right"))
+    assert named_attributes("a blue plus sign against the night sky") == dict(
+        colour=COLOURS.index("blue"), shape=SHAPES.index("cross"), scene=SCENES.index("night"))
+    assert named_attributes("a BIG  Orange   box") == dict(size=2, colour=COLOURS.index("orange"),
+                                                            shape=SHAPES.index("square"))
+    assert "shape" not in named_attributes("a starry red thing")      # whole words only
+    with pytest.raises(ValueError, match="two values of shape"):
+        named_attributes("a red circle and a square")

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 from ..io import Savable, load_savable, read_safetensors
 
 # %% auto #0
-__all__ = ['EXPERT_FORMAT', 'INPUT_KINDS', 'LEAKY', 'WORLD_HEADS', 'ORACLE_HEADS', 'ROLES', 'TRAINED_ROLES', 'to_input', 'Expert',
-           'vae_loss', 'ConvVAE', 'ConvClassifier', 'one_hot_argmax', 'Segmenter', 'ConvSegmenter', 'Oracle',
-           'minilm_path', 'TextExpert', 'train_vae', 'train_classifier', 'train_segmenter', 'world_targets',
-           'train_world_vae', 'train_lowres_vae', 'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae',
-           'train_mnist_classifier', 'train_mnist_oracle', 'train_oracle', 'vae_psnr', 'classifier_accuracy',
+__all__ = ['EXPERT_FORMAT', 'INPUT_KINDS', 'LEAKY', 'WORLD_HEADS', 'ORACLE_HEADS', 'ROLES', 'TRAINED_ROLES', 'EXPERT_SETTINGS',
+           'to_input', 'Expert', 'vae_loss', 'ConvVAE', 'ConvClassifier', 'one_hot_argmax', 'Segmenter',
+           'ConvSegmenter', 'Oracle', 'minilm_path', 'TextExpert', 'perceptual_features', 'train_vae',
+           'train_classifier', 'train_segmenter', 'world_targets', 'train_world_vae', 'train_lowres_vae',
+           'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae', 'train_mnist_classifier',
+           'train_mnist_oracle', 'train_oracle', 'vae_psnr', 'reconstruction_accuracy', 'classifier_accuracy',
            'segmentation_iou', 'segmenter_miou', 'evaluate_expert', 'evaluate_experts', 'save_expert', 'load_expert',
            'Role', 'train_experts', 'load_experts']
 
@@ -181,25 +182,54 @@ class Expert(_Frozen):
 LEAKY = 0.2
 
 
-def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode) -> tuple[Tensor, Tensor]:
+def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
+             perceptual_weight: float = 1.0) -> tuple[Tensor, Tensor]:
     """The paper's Eq. 14 with γ at its optimum, per sample: `(D/2 log MSE + KL, MSE)` of a batch `x` of `D` values
-    per row, given the posterior `(mean, logvar)` of its codes and the `decode` that maps a code sample back."""
+    per row, given the posterior `(mean, logvar)` of its codes and the `decode` that maps a code sample back.
+    With `features` (images → list of feature maps of a frozen network, see `perceptual_features`) the
+    reconstruction term also measures the error in those features, each with its own optimal γ:
+    `perceptual_weight · D/2 · mean over maps of log MSE_map` is added."""
     z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-    mse = (decode(z) - x).pow(2).mean()
+    y = decode(z)
+    mse = (y - x).pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-    return 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl, mse
+    loss = 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl
+    if features is not None:
+        maps = features(torch.cat([y, x]))
+        if not maps:
+            raise ValueError("features returned no feature maps")
+        log_err = sum(torch.log((a - b.detach()).pow(2).mean() + 1e-8) for a, b in (m.chunk(2) for m in maps))
+        loss = loss + perceptual_weight * 0.5 * x[0].numel() * log_err / len(maps)
+    return loss, mse
+
+
+class _Residual(nn.Module):
+    "`x + conv(LeakyReLU(conv(x)))`, two 3x3 convolutions at constant width: decoder capacity at one scale."
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(LEAKY),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
 
 
 class ConvVAE(_Saved, Expert):
-    "A convolutional VAE on `size` x `size` images with `channels` channels and a `latent_dim`-d posterior."
+    """A convolutional VAE on `size` x `size` images with `channels` channels and a `latent_dim`-d posterior;
+    `blocks` residual blocks before each upsampling of the decoder (0: the plain transposed-conv decoder)."""
     stochastic = True
     taps = ("z",)
 
-    def __init__(self, name: str = "vae", size: int = 32, channels: int = 3, latent_dim: int = 64, width: int = 32):
+    def __init__(self, name: str = "vae", size: int = 32, channels: int = 3, latent_dim: int = 64, width: int = 32,
+                 blocks: int = 0):
         super().__init__()
         if size < 8 or size % 2:
             raise ValueError(f"ConvVAE needs an even image size >= 8, got size={size}")
-        self._config = dict(name=name, size=size, channels=channels, latent_dim=latent_dim, width=width)
+        if blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
+        self._config = dict(name=name, size=size, channels=channels, latent_dim=latent_dim, width=width,
+                            blocks=blocks)
         self.name, self.input_shape = name, (channels, size, size)
         self.latent_dim, self._output_shapes = latent_dim, {"z": (latent_dim,)}
         layers, c, s, w = [], channels, size, width
@@ -211,6 +241,7 @@ class ConvVAE(_Saved, Expert):
         up = []
         while s < size:
             out = c // 2 if 2 * s < size else channels
+            up += [_Residual(c) for _ in range(blocks)] + [nn.LeakyReLU(LEAKY)] * (blocks > 0)
             up += [nn.ConvTranspose2d(c, out, 4, 2, 1)] + ([nn.LeakyReLU(LEAKY)] if 2 * s < size else [])
             c, s = out, 2 * s
         self.decoder_in = nn.Linear(latent_dim, self.bottom[0] * self.bottom[1] ** 2)
@@ -240,9 +271,9 @@ class ConvVAE(_Saved, Expert):
         with torch.no_grad():
             return torch.cat([self._decode(part.float().to(self.device)) for part in z.split(self.batch_size)])
 
-    def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        "`vae_loss` of a batch `x` (float NCHW): `(D/2 log MSE + KL, MSE)`."
-        return vae_loss(x, *self._posterior(x), self._decode)
+    def loss(self, x: Tensor, features=None, perceptual_weight: float = 1.0) -> tuple[Tensor, Tensor]:
+        "`vae_loss` of a batch `x` (float NCHW): `(D/2 log MSE + KL [+ perceptual term], MSE)`."
+        return vae_loss(x, *self._posterior(x), self._decode, features, perceptual_weight)
 
 # %% ../../nbs/03_experts.ipynb #53062b4d
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -527,14 +558,52 @@ def _fit(model: _Frozen, n: int, loss_fn, *, epochs: int, batch_size: int, lr: f
                 final_loss=float(loss.item()), seconds=round(time.perf_counter() - start, 2))
 
 # %% ../../nbs/03_experts.ipynb #050416d9
-def train_vae(images, *, name: str = "vae", latent_dim: int = 64, width: int = 32, epochs: int = 6,
-              batch_size: int = 64, lr: float = 3e-3, seed: int = 0, progress: bool = True) -> ConvVAE:
-    "Train a `ConvVAE` on square uint8 images; returns it frozen, with `info` filled in."
+_TAP_ORDER = ("early", "middle", "last", "logits")
+
+
+def perceptual_features(classifier: ConvClassifier, taps=("early", "middle")) -> Callable:
+    """`images → [the feature map at each of taps]` of a frozen `ConvClassifier`, differentiable in the images:
+    the perceptual features of `vae_loss` (the embedded stand-in for the paper's VGG-16 features)."""
+    if not isinstance(classifier, ConvClassifier):
+        raise TypeError(f"perceptual features come from a trained ConvClassifier, got {type(classifier).__name__}")
+    if any(p.requires_grad for p in classifier.parameters()) or classifier.training:
+        raise ValueError(f"the perceptual network {classifier.name!r} must be frozen (a trained expert)")
+    taps = tuple(classifier.check_tap(t) for t in ((taps,) if isinstance(taps, str) else taps))
+    if not taps:
+        raise ValueError("perceptual_features needs at least one tap")
+    upto = max(taps, key=_TAP_ORDER.index)
+
+    def features(x: Tensor) -> list[Tensor]:
+        out = classifier._forward(x, upto)
+        return [out[t] for t in taps]
+    return features
+
+
+def train_vae(images, *, name: str = "vae", latent_dim: int = 64, width: int = 32, blocks: int = 0,
+              epochs: int = 6, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+              perceptual: ConvClassifier | None = None, perceptual_weight: float = 1.0,
+              perceptual_taps=("early", "middle"), progress: bool = True) -> ConvVAE:
+    """Train a `ConvVAE` on square uint8 images; returns it frozen, with `info` filled in. `perceptual`, a frozen
+    classifier of the same images, adds its features at `perceptual_taps` to the reconstruction loss."""
     data = torch.from_numpy(np.ascontiguousarray(_as_images(images, "images")))
+    features = None
+    if perceptual is not None:
+        if isinstance(perceptual, str):
+            raise TypeError(f"perceptual must be a trained ConvClassifier, not the name {perceptual!r}: "
+                            "train_experts resolves a role name, train_vae needs the expert")
+        if tuple(perceptual.input_shape) != (data.shape[3], data.shape[1], data.shape[2]):
+            raise ValueError(f"the perceptual network reads images {tuple(perceptual.input_shape)} (C, H, W); "
+                             f"these are {tuple(data.shape[1:])} (H, W, C)")
+        features = perceptual_features(perceptual, perceptual_taps)
     torch.manual_seed(seed)
-    vae = ConvVAE(name=name, size=data.shape[1], channels=data.shape[3], latent_dim=latent_dim, width=width)
-    vae.info = _fit(vae, len(data), lambda idx: vae.loss(to_input(data[idx]))[0], epochs=epochs,
-                    batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=name)
+    vae = ConvVAE(name=name, size=data.shape[1], channels=data.shape[3], latent_dim=latent_dim, width=width,
+                  blocks=blocks)
+    vae.info = _fit(vae, len(data), lambda idx: vae.loss(to_input(data[idx]), features, perceptual_weight)[0],
+                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=name)
+    if perceptual is not None:
+        vae.info["perceptual"] = dict(network=perceptual.name, taps=list(perceptual_taps) if not
+                                      isinstance(perceptual_taps, str) else [perceptual_taps],
+                                      weight=perceptual_weight)
     return vae
 
 
@@ -641,6 +710,18 @@ def vae_psnr(vae: ConvVAE, images, batch_size: int = 512) -> float:
         se += float((vae.decode(vae.encode(x)) - x).pow(2).sum(dtype=torch.float64))
         count += x.numel()
     return 10 * math.log10(1.0 / max(se / count, 1e-12))
+
+
+def reconstruction_accuracy(vae: ConvVAE, oracle: Oracle, world, batch_size: int = 512) -> dict[str, float]:
+    """The oracle's accuracy per attribute (`ORACLE_HEADS`) on `vae.decode(vae.encode(world.image))`: how much of
+    each attribute of a scene the autoencoder g keeps. Compare with the oracle on the real images."""
+    if not isinstance(vae, ConvVAE) or not isinstance(oracle, Oracle):
+        raise TypeError(f"reconstruction_accuracy(vae, oracle, world) takes a ConvVAE and an Oracle; got "
+                        f"{type(vae).__name__}, {type(oracle).__name__}")
+    images = world.image
+    recon = torch.cat([vae.decode(vae.encode(images[s:s + batch_size])).to(oracle.device)
+                       for s in range(0, len(images), batch_size)])
+    return classifier_accuracy(oracle.classifier, recon, world_targets(world, oracle.classifier.head_sizes))
 
 
 def classifier_accuracy(classifier: ConvClassifier, images, targets: dict) -> dict[str, float]:
@@ -774,14 +855,58 @@ def train_experts(world, mnist=None, out_dir: str | Path | None = None, settings
     data = {"world": world, "mnist": mnist}
     wanted = {"world": "world's training split: pass a World", "mnist": "MNIST training split: pass mnist=(images, labels)"}
     experts = {}
-    for name in roles:
+    for name in _training_order(roles, settings):
         role = ROLES[name]
         if data[role.dataset] is None:
             raise ValueError(f"role {name!r} needs the {wanted[role.dataset]}")
-        experts[name] = role.trainer(data[role.dataset], **{"progress": progress, **settings.get(name, {})})
+        kw = _resolve_experts(name, settings.get(name, {}), experts, out_dir)
+        experts[name] = role.trainer(data[role.dataset], **{"progress": progress, **kw})
         if out_dir is not None:
             save_expert(experts[name], Path(out_dir) / f"{name}.safetensors")
-    return experts
+    return {name: experts[name] for name in roles}
+
+
+EXPERT_SETTINGS = ("perceptual",)   # trainer settings that name another role: its trained expert is passed
+
+
+def _training_order(roles, settings: dict) -> list[str]:
+    "`roles` in order, except that a role an `EXPERT_SETTINGS` setting names is trained before the role naming it."
+    order, visiting = [], set()
+
+    def visit(name):
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"the expert settings of {name!r} depend on each other in a cycle")
+        visiting.add(name)
+        for key in EXPERT_SETTINGS:
+            dep = settings.get(name, {}).get(key)
+            if isinstance(dep, str) and dep in roles:
+                visit(dep)
+        order.append(name)
+    for name in roles:
+        visit(name)
+    return order
+
+
+def _resolve_experts(name: str, kw: dict, experts: dict, out_dir) -> dict:
+    "`kw` with each `EXPERT_SETTINGS` role name replaced by that role's expert: trained in this call, or saved."
+    kw = dict(kw)
+    for key in EXPERT_SETTINGS:
+        dep = kw.get(key)
+        if not isinstance(dep, str):
+            continue
+        if dep not in TRAINED_ROLES:
+            raise ValueError(f"{name}.{key} names {dep!r}, which is no trained role ({', '.join(TRAINED_ROLES)})")
+        saved = Path(out_dir) / f"{dep}.safetensors" if out_dir is not None else None
+        if dep in experts:
+            kw[key] = experts[dep]
+        elif saved is not None and saved.exists():
+            kw[key] = load_expert(saved)
+        else:
+            raise ValueError(f"{name}.{key} needs the expert {dep!r}: train it in the same call (add it to roles) "
+                             f"or save it in out_dir first")
+    return kw
 
 
 def load_experts(out_dir: str | Path, roles=TRAINED_ROLES, map_location: str | torch.device = "cpu") -> dict:
