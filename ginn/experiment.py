@@ -297,11 +297,11 @@ class Experiment:
                     continue
                 label = f"{c}" + (f" (seed {s})" if len(self.tr["seeds"]) > 1 else "")
                 ax.plot(h["step"], h["loss"], color=colour[c], ls=style[s], lw=0.7, alpha=0.45)
-                ax.plot(h["val_step"], h["val_nll"], color=colour[c], ls=style[s], lw=1.4, marker=".", ms=3,
+                ax.plot(h["step"], h["val_nll"], color=colour[c], ls=style[s], lw=1.4, marker=".", ms=3,
                         label=label)
                 ax.axvline(h["best_step"], color=colour[c], ls=":", lw=0.8)
             what = "τ (cINN): loss = NLL" if kind == "cinn" else "MLP: loss = squared error"
-            ax.set_title(f"{what}; thin: training loss, dots: validation NLL", fontsize=8)
+            ax.set_title(f"{what}; thin: training loss (mean per validation interval), dots: validation NLL", fontsize=8)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             if ax.lines:

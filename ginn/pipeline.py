@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .config import DATASETS, Layout, experiment_notebook, load_params
-from .experts.embedded import ROLES, TextExpert, evaluate_experts, load_expert, train_experts
+from .experts.embedded import (ROLES, TextExpert, evaluate_experts, load_expert, reconstruction_accuracy,
+                                   train_experts)
 from .features import DataFeature, extract, feature_input, feature_name, one_hot, parse_feature
 from .io import save_npz, write_json
 from .packaged import SPLITS, load_mnist
@@ -59,8 +60,8 @@ def prepare(params: dict, layout: Layout, progress: bool = True) -> dict:
 # %% ../nbs/07b_pipeline.ipynb #fe38c80e
 def stage_train_experts(params: dict, layout: Layout, progress: bool = True) -> dict:
     """Train, save and measure the embedded experts; returns the metrics written to `metrics/experts.json`. The
-    world VAE is also scored by the oracle (trained in this stage) on its reconstructions: `recon_acc_<head>`."""
-    from ginn.experts.embedded import reconstruction_accuracy
+    world VAE is also scored by the oracle (trained in this stage) on its reconstructions: `recon_acc_<head>`. The
+    training times are printed, not written, so that the metrics file is the same on every rerun."""
     settings = {r: dict(params["experts"].get(r) or {}) for r in params["experts"]["roles"]}
     world = load_world(layout.data("world", "train"))
     mnist = load_mnist_split(layout.data("mnist", "train"))
@@ -71,9 +72,10 @@ def stage_train_experts(params: dict, layout: Layout, progress: bool = True) -> 
     if "world_vae" in experts and "oracle" in experts:
         recon = reconstruction_accuracy(experts["world_vae"], experts["oracle"], world_test)
         quality["world_vae"].update({f"recon_acc_{k}": v for k, v in recon.items()})
-    metrics = {role: {**quality.get(role, {}), "train_seconds": experts[role].info.get("seconds")}
-               for role in experts}
-    write_json(metrics, layout.metrics("experts"))
+    metrics = {role: quality.get(role, {}) for role in experts}
+    write_json(metrics, layout.metrics("experts"))        # no wall times in it: a rerun writes the same bytes
+    if progress:
+        print("train_experts: seconds " + ", ".join(f"{r} {e.info.get('seconds')}" for r, e in experts.items()))
     return metrics
 
 # %% ../nbs/07b_pipeline.ipynb #2221ccda
