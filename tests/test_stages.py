@@ -247,7 +247,7 @@ def test_ctrl_c_leaves_no_finished_output_and_the_rerun_resumes(prepared):
     assert not list(out.glob("*.safetensors")), "an interrupted run left a model that looks finished"
     assert list(ckpt_dir.glob("*/checkpoint.safetensors"))
     summary = stage_train_translator(load_params(prepared.root / "params.yaml"), prepared, "intr", progress=False)
-    assert summary["runs"][0]["resumed"] is True
+    assert "resumed" not in summary["runs"][0]       # a fact of this session, not of the output (RUN_VOLATILE)
     assert (out / "world_classifier-last.cinn.seed0.safetensors").is_file()
     assert not list(ckpt_dir.iterdir())
 
