@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,7 @@ from .io import write_json
 from .metrics import attribute_accuracy, conditional_nll, diversity, frechet_distance, mutual_information, spread
 from .runs import MARGINAL, condition_array, experiment_runs, read_curves, run_name
 from .translator import load_translator
-from .world import COLOURS, POSITIONS, SCENES, SHAPES, SIZES, load_world
+from .world import COLOURS, POSITIONS, SCENES, SHAPES, SIZES, load_world, read_table
 
 # %% auto #0
 __all__ = ['FIRST_COLUMNS', 'PROMPT_COLUMNS', 'TARGETS', 'Experiment', 'finite_or_none', 'summary', 'fmt', 'markdown_table',
@@ -584,13 +583,7 @@ def parse_prompts(text: str, source: str = "prompts") -> tuple[list[str], list[d
 
 def load_prompts(path: str | Path | None = None) -> tuple[list[str], list[dict]]:
     "The prompts table `path`, by default the hand-written prompts shipped as `ginn/prompts.tsv`."
-    if path is None:
-        table = resources.files("ginn").joinpath("prompts.tsv")
-        if not table.is_file():
-            raise FileNotFoundError("ginn/prompts.tsv is missing from this installation of ginn: install with "
-                                    "`pip install -e .` (MANIFEST.in ships ginn/*.tsv)")
-        return parse_prompts(table.read_text(encoding="utf-8"), "ginn/prompts.tsv")
-    return parse_prompts(Path(path).read_text(encoding="utf-8"), str(path))
+    return read_table(path, "prompts.tsv", parse_prompts)
 
 # %% ../nbs/06b_experiment.ipynb #c1f99976
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'SCENES', 'POSITIONS', 'COLOUR_RGB', 'S
            'MAX_ROTATION', 'MAX_OBJECTS', 'SUPERSAMPLE', 'SLOTS', 'CAPTION_SPLITS', 'MODALITIES', 'ATTRIBUTE_LAYOUT',
            'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'DERIVED_INPUTS', 'MASK_GREY', 'WORLD_FORMAT', 'position_class',
            'sample_attributes', 'sincos', 'inside', 'object_depth', 'background', 'render_background', 'render',
-           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'load_vocab', 'make_captions',
-           'named_attributes', 'World', 'make_world', 'attributes_vector', 'as_rgb', 'masked_images', 'deformed_images',
-           'derived_input', 'save_world', 'load_world']
+           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'read_table', 'load_vocab',
+           'make_captions', 'named_attributes', 'World', 'make_world', 'attributes_vector', 'as_rgb', 'masked_images',
+           'deformed_images', 'derived_input', 'save_world', 'load_world']
 
 # %% ../nbs/02_world.ipynb #3ae96117
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -356,15 +356,21 @@ def parse_vocab(text: str, source: str = "vocabulary") -> Vocab:
     return Vocab(tuple(rows))
 
 
+def read_table(path: str | Path | None, packaged: str, parse):
+    """`parse(text, source)` of the table at `path`, or of the table `packaged` shipped in `ginn/` when `path` is None
+    (with an error that says how to install it when it is missing)."""
+    if path is None:
+        table = resources.files("ginn").joinpath(packaged)
+        if not table.is_file():
+            raise FileNotFoundError(f"ginn/{packaged} is missing from this installation of ginn: install with "
+                                    "`pip install -e .`, or ship it in the package (MANIFEST.in: include ginn/*.tsv)")
+        return parse(table.read_text(encoding="utf-8"), f"ginn/{packaged}")
+    return parse(Path(path).read_text(encoding="utf-8"), str(path))
+
+
 def load_vocab(path: str | Path | None = None) -> Vocab:
     "The caption vocabulary in table `path`, by default the one shipped in `ginn/world_vocab.tsv`."
-    if path is None:
-        table = resources.files("ginn").joinpath("world_vocab.tsv")
-        if not table.is_file():
-            raise FileNotFoundError("ginn/world_vocab.tsv is missing from this installation of ginn: install with "
-                                    "`pip install -e .`, or ship it in the package (MANIFEST.in: include ginn/*.tsv)")
-        return parse_vocab(table.read_text(encoding="utf-8"), "ginn/world_vocab.tsv")
-    return parse_vocab(Path(path).read_text(encoding="utf-8"), str(path))
+    return read_table(path, "world_vocab.tsv", parse_vocab)
 
 # %% ../nbs/02_world.ipynb #123e4a9a
 def _article(text: str) -> str:
