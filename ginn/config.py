@@ -18,7 +18,8 @@ from .translator import KINDS
 # %% auto #0
 __all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'TRAIN_KEYS', 'PAPER_EXPERIMENTS',
            'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment', 'check_train',
-           'experiment_notebook', 'check_embedded', 'check_text2biggan', 'check_params', 'load_params', 'Layout']
+           'experiment_notebook', 'check_embedded', 'model_seeds', 'check_text2biggan', 'check_params', 'load_params',
+           'Layout']
 
 # %% ../nbs/07_config.ipynb #5bee9ddd
 PROFILES = ("default", "smoke", "paper")
@@ -67,7 +68,7 @@ def check_experts(experts: dict, where: str):
                                                      if k in settings])
 
 
-def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where: str):
+def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where: str, test_only=()):
     tr = _section(spec, "translator", where)
     _section(spec, "evaluate", where)
     missing = [k for k in TRANSLATOR_KEYS if k not in tr]
@@ -79,6 +80,9 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
         role, _ = parse_feature(spec_)
         if role not in roles and ROLES[role].trainer is not None:
             _fail(f"{where}.translator", f"uses expert {role!r}, which experts.roles does not train")
+        if feature_name(spec_) in {feature_name(f) for f in test_only}:
+            _fail(f"{where}.translator", f"trains on feature {spec_!r}, which extract.test_only extracts for the test "
+                  f"split only: remove it from extract.test_only")
         if feature_name(spec_) not in {feature_name(f) for f in extracted.get(tr["dataset"], [])}:
             _fail(f"{where}.translator", f"trains on feature {spec_!r} of {tr['dataset']!r}, which is not extracted: "
                   f"add it to extract.{tr['dataset']}")
@@ -87,8 +91,14 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
         _fail(f"{where}.translator.models", f"must list some of {', '.join(KINDS)}, got {tr['models']!r}")
     if not tr["conditions"]:
         _fail(f"{where}.translator.conditions", "must list at least one feature")
-    if not tr["seeds"] or not all(isinstance(s, int) and s >= 0 for s in tr["seeds"]):
-        _fail(f"{where}.translator.seeds", f"must be a non-empty list of integers >= 0, got {tr['seeds']!r}")
+    seeds = tr["seeds"] if isinstance(tr["seeds"], dict) else {k: tr["seeds"] for k in tr["models"]}
+    if isinstance(tr["seeds"], dict) and set(seeds) != set(tr["models"]):
+        _fail(f"{where}.translator.seeds", f"as a mapping must give seeds for exactly the models {tr['models']}, "
+              f"got {sorted(seeds)}")
+    for kind, ss in seeds.items():
+        if not isinstance(ss, list) or not ss or not all(isinstance(s, int) and s >= 0 for s in ss):
+            _fail(f"{where}.translator.seeds", f"must be a non-empty list of integers >= 0 (or a mapping model -> "
+                  f"such a list), got {tr['seeds']!r}")
     check_train(tr["train"], f"{where}.translator.train")
 
 
@@ -128,6 +138,11 @@ def check_embedded(params: dict, root: str | Path = "."):
                 _fail(f"{profile}.extract.{dataset}", f"expert {role!r} reads {ROLES[role].dataset!r}, not {dataset!r}")
             if role not in experts.get("roles", []) and ROLES[role].trainer is not None:
                 _fail(f"{profile}.extract.{dataset}", f"extracts {spec!r} but experts.roles does not train {role!r}")
+    test_only = params["extract"].get("test_only") or []    # evaluation inputs no translator trains on
+    listed = {feature_name(f) for specs in extracted.values() for f in specs}
+    if any(feature_name(f) not in listed for f in test_only):
+        _fail(f"{profile}.extract.test_only", f"must name features that extract.world or extract.mnist lists, "
+              f"got {test_only}")
     names = params["experiments"]
     if not isinstance(names, list):
         _fail("experiments", f"must be a list of experiment names, got {names!r}")
@@ -138,7 +153,15 @@ def check_embedded(params: dict, root: str | Path = "."):
                   f"the experiments it defines are {', '.join(known) or 'none'}")
         if not experiment_notebook(name, root).is_file():
             _fail("experiments", f"experiment {name!r} has no notebook {experiment_notebook(name, root)}")
-        check_experiment(name, params[name], extracted, experts.get("roles", []), f"{profile}.{name}")
+        check_experiment(name, params[name], extracted, experts.get("roles", []), f"{profile}.{name}", test_only)
+
+
+def model_seeds(tr: dict, kind: str) -> list[int]:
+    """The seeds of model `kind` (`cinn`, `mlp`; the unconditional flow takes τ's) of a `translator` section, whose
+    `seeds` is one list for every model or a mapping `{model: list}`: e.g. three seeds of τ for its spread and one
+    of the MLP ablation, which has no samples to spread."""
+    seeds = tr["seeds"]
+    return list(seeds["cinn" if kind == "marginal" else kind] if isinstance(seeds, dict) else seeds)
 
 # %% ../nbs/07_config.ipynb #aaca1853
 PAPER_EXPERIMENTS = ("text2biggan",)

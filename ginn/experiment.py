@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Layout, load_params
+from .config import Layout, load_params, model_seeds
 from .experts.embedded import load_expert
 from .features import feature_name, load_cache, parse_feature
 from .io import write_json
@@ -92,7 +92,7 @@ class Experiment:
 
     def translator(self, condition: str, kind: str = "cinn", seed: int | None = None):
         "The trained translator of `(condition, kind, seed)` (the first seed by default), in eval mode."
-        seed = self.tr["seeds"][0] if seed is None else seed
+        seed = model_seeds(self.tr, kind)[0] if seed is None else seed
         path = self.layout.translators(self.name) / f"{run_name(condition, kind, seed)}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"no translator {path}: run `dvc repro train_translator@{self.name}`")
@@ -147,7 +147,7 @@ class Experiment:
             return {}
         z = self.z_theta()
         return {seed: conditional_nll(self.translator(MARGINAL, "cinn", seed), z, torch.zeros(len(z), 1))["nats"]
-                for seed in self.tr["seeds"]}
+                for seed in model_seeds(self.tr, MARGINAL)}
 
     @property
     def h_z_theta(self) -> float | None:
@@ -207,7 +207,7 @@ class Experiment:
         for condition in self.tr["conditions"] if conditions is None else conditions:
             for kind in self.tr["models"]:
                 runs = []
-                for seed in self.tr["seeds"]:
+                for seed in model_seeds(self.tr, kind):
                     out = score(condition, kind, seed)
                     numbers, show = out if isinstance(out, tuple) else (out, None)
                     runs.append(numbers)
@@ -285,7 +285,8 @@ class Experiment:
         fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 3.6), squeeze=False)
         conditions = list(dict.fromkeys(c for c, _, _ in histories))
         colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
-        style = {s: ls for s, ls in zip(self.tr["seeds"], ["-", "--", ":", "-."] * 8)}
+        seeds = sorted({s for _, _, s in histories})
+        style = {s: ls for s, ls in zip(seeds, ["-", "--", ":", "-."] * 8)}
         for ax, kind in zip(axes[0], kinds):
             missing = []
             for (c, k, s), h in histories.items():
@@ -294,7 +295,7 @@ class Experiment:
                 if h is None:
                     missing.append(run_name(c, k, s))
                     continue
-                label = f"{c}" + (f" (seed {s})" if len(self.tr["seeds"]) > 1 else "")
+                label = f"{c}" + (f" (seed {s})" if len(seeds) > 1 else "")
                 ax.plot(h["step"], h["loss"], color=colour[c], ls=style[s], lw=0.7, alpha=0.45)
                 ax.plot(h["step"], h["val_nll"], color=colour[c], ls=style[s], lw=1.4, marker=".", ms=3,
                         label=label)
@@ -413,26 +414,50 @@ def as_picture(image) -> np.ndarray:
     return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
 
 
+def _rgb01(image) -> np.ndarray:
+    "An image as float `(H, W, 3)` in [0, 1]: uint8 scaled by 1/255, grey repeated over the channels."
+    pic = as_picture(image)
+    pic = pic / 255.0 if pic.dtype == np.uint8 else np.clip(pic.astype(np.float64), 0.0, 1.0)
+    return np.repeat(pic[..., None], 3, axis=2) if pic.ndim == 2 else pic[..., :3]
+
+
+def _fit_cell(pic: np.ndarray, h: int, w: int) -> np.ndarray:
+    "`pic` brought to `h` x `w` pixels by nearest-neighbour resampling (a 16x16 input beside 32x32 samples)."
+    rows = np.arange(h) * pic.shape[0] // h
+    cols = np.arange(w) * pic.shape[1] // w
+    return pic[rows][:, cols]
+
+
 def image_grid(rows: list[list], row_labels: list[str] | None = None, col_titles: list[str] | None = None,
-               scale: float = 0.9, fontsize: int = 7):
-    "A figure of `rows` of images; returns it."
+               scale: float = 0.9, fontsize: int = 7, gap: int = 2, cell_text: dict | None = None):
+    """A figure of `rows` of images (None leaves a cell blank); returns it. The cells are composed into one
+    mosaic drawn by a single `imshow` (one axes, not one per cell: a 20 x 10 grid renders in a fraction of the
+    time), each cell resampled to the largest image's size, `gap` white pixels between cells. `cell_text` maps
+    `(row, column)` to a note written in that cell's corner."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * scale + (1.2 if row_labels else 0.2),
-                                                      n_rows * scale + (0.3 if col_titles else 0.1)), squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i, j]
-            ax.set_xticks([]); ax.set_yticks([])
-            if j < len(row) and row[j] is not None:
-                pic = as_picture(row[j])
-                ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1 if pic.dtype != np.uint8 else 255)
-            else:                                   # an empty cell: no frame, but its row label still shows
-                for spine in ax.spines.values():
-                    spine.set_visible(False)
-        if row_labels:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize=fontsize, rotation=0, ha="right", va="center")
-    for ax, title in zip(axes[0], col_titles or []):
-        ax.set_title(title, fontsize=fontsize)
+    pics = [[None if j >= len(r) or r[j] is None else _rgb01(r[j]) for j in range(n_cols)] for r in rows]
+    present = [p for row in pics for p in row if p is not None]
+    if not present:
+        raise ValueError("image_grid needs at least one image")
+    h, w = max(p.shape[0] for p in present), max(p.shape[1] for p in present)
+    mosaic = np.ones((n_rows * (h + gap) - gap, n_cols * (w + gap) - gap, 3))
+    for i, row in enumerate(pics):
+        for j, pic in enumerate(row):
+            if pic is not None:
+                mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = _fit_cell(pic, h, w)
+    fig, ax = plt.subplots(figsize=(n_cols * scale + (1.2 if row_labels else 0.2),
+                                    n_rows * scale + (0.3 if col_titles else 0.1)))
+    ax.imshow(mosaic, interpolation="nearest")
+    centres = lambda n, size: [k * (size + gap) + (size - 1) / 2 for k in range(n)]
+    ax.set_yticks(centres(n_rows, h) if row_labels else [], row_labels or [], fontsize=fontsize)
+    ax.set_xticks(centres(n_cols, w) if col_titles else [], col_titles or [], fontsize=fontsize)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for (i, j), text in (cell_text or {}).items():
+        ax.text(j * (w + gap) + 0.5, i * (h + gap) + 2.5, text, fontsize=max(fontsize - 1, 4), color="white",
+                bbox=dict(facecolor="black", alpha=0.6, pad=0.6, lw=0))
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.tight_layout(pad=0.2)
     return fig
 

@@ -112,11 +112,14 @@ def feature_expert(role: str, tap: str, layout: Layout, inputs):
 
 
 def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[Path]:
-    "Cache every feature of `extract.<dataset>` for every split; returns the sidecars written."
+    """Cache every feature of `extract.<dataset>` for every split (those of `extract.test_only`, inputs only the
+    evaluation reads, for the test split alone); returns the sidecars written."""
     written, experts = [], {}
+    test_only = {feature_name(f) for f in params["extract"].get("test_only") or []}
     for dataset in DATASETS:
         for split in SPLITS:
-            specs = params["extract"].get(dataset) or []
+            specs = [s for s in params["extract"].get(dataset) or []
+                     if split == "test" or feature_name(s) not in test_only]
             data = load_split(dataset, layout, split) if specs else None
             for spec in specs:
                 role, tap = parse_feature(spec)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Layout
+from .config import Layout, model_seeds
 from .features import check_pair, feature_name, load_cache
 from .io import write_json
 from .train import final_gain, fit
@@ -37,8 +37,9 @@ def run_name(condition: str, kind: str, seed: int) -> str:
 
 def experiment_runs(tr: dict) -> list[tuple[str, str, int]]:
     "Every `(condition, kind, seed)` an experiment's `translator` section asks for."
-    runs = [(c, k, s) for s in tr["seeds"] for c in tr["conditions"] for k in tr["models"]]
-    return runs + ([(MARGINAL, "cinn", s) for s in tr["seeds"]] if tr["marginal"] else [])
+    seeds = sorted({s for k in tr["models"] for s in model_seeds(tr, k)})
+    runs = [(c, k, s) for s in seeds for c in tr["conditions"] for k in tr["models"] if s in model_seeds(tr, k)]
+    return runs + ([(MARGINAL, "cinn", s) for s in model_seeds(tr, MARGINAL)] if tr["marginal"] else [])
 
 
 def pair_caches(tr: dict, layout: Layout, condition: str, split: str):
