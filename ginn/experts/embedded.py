@@ -195,11 +195,13 @@ def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
     loss = 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl
     if features is not None:
-        maps = features(torch.cat([y, x]))
-        if not maps:
+        with torch.no_grad():                   # the targets: no graph through the frozen network for x
+            real = features(x)
+        fake = features(y)
+        if not fake:
             raise ValueError("features returned no feature maps")
-        log_err = sum(torch.log((a - b.detach()).pow(2).mean() + 1e-8) for a, b in (m.chunk(2) for m in maps))
-        loss = loss + perceptual_weight * 0.5 * x[0].numel() * log_err / len(maps)
+        log_err = sum(torch.log((a - b).pow(2).mean() + 1e-8) for a, b in zip(fake, real))
+        loss = loss + perceptual_weight * 0.5 * x[0].numel() * log_err / len(fake)
     return loss, mse
 
 
