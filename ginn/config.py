@@ -16,8 +16,8 @@ from .packaged import SPLITS
 from .translator import KINDS
 
 # %% auto #0
-__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'TRAIN_KEYS', 'PAPER_EXPERIMENTS',
-           'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment', 'check_train',
+__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'PIXEL_KEYS', 'TRAIN_KEYS', 'PAPER_EXPERIMENTS',
+           'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment', 'check_pixel', 'check_train',
            'experiment_notebook', 'check_embedded', 'model_seeds', 'check_text2biggan', 'check_params', 'load_params',
            'Layout']
 
@@ -100,6 +100,32 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
             _fail(f"{where}.translator.seeds", f"must be a non-empty list of integers >= 0 (or a mapping model -> "
                   f"such a list), got {tr['seeds']!r}")
     check_train(tr["train"], f"{where}.translator.train")
+    if "pixel" in tr:
+        check_pixel(tr["pixel"], tr["dataset"], f"{where}.translator.pixel")
+
+
+PIXEL_KEYS = ("task", "models", "seeds", "train")
+
+
+def check_pixel(px: dict, dataset: str, where: str):
+    """Check a translator section's `pixel` section (the pixel-space runs of the seed baseline of Ardizzone et al.,
+    `ginn.baselines.pixel_cinn`): `task` names its data (`PIXEL_TASKS`), `models` maps run names to network settings, `seeds` lists integers, `train`
+    has at least `steps` and `batch_size`. The settings themselves are checked when the network is built."""
+    if not isinstance(px, dict) or sorted(px) != sorted(PIXEL_KEYS):
+        _fail(where, f"must be a mapping with exactly the keys {', '.join(PIXEL_KEYS)}, got {px!r}")
+    if dataset != "world":
+        _fail(where, f"pixel-space runs read the world's images; the experiment's dataset is {dataset!r}")
+    if not isinstance(px["models"], dict) or not px["models"] or not all(isinstance(v, dict) for v in px["models"].values()):
+        _fail(f"{where}.models", f"must map run names to PixelCINN settings, got {px['models']!r}")
+    if not isinstance(px["seeds"], list) or not px["seeds"] or not all(isinstance(s, int) and s >= 0 for s in px["seeds"]):
+        _fail(f"{where}.seeds", f"must be a non-empty list of integers >= 0, got {px['seeds']!r}")
+    from .baselines.pixel_cinn import PIXEL_TASKS, PIXEL_TRAIN_KEYS
+    if px["task"] not in PIXEL_TASKS:
+        _fail(f"{where}.task", f"must be one of {', '.join(PIXEL_TASKS)}, got {px['task']!r}")
+    unknown = sorted(set(px["train"]) - set(PIXEL_TRAIN_KEYS))
+    if unknown:
+        _fail(f"{where}.train", f"unknown key(s) {unknown}; it takes {', '.join(PIXEL_TRAIN_KEYS)}")
+    _positive_ints(px["train"], f"{where}.train", ("steps", "batch_size"))
 
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "val_every", "patience", "cuts", "factor", "min_delta",

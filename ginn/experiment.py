@@ -676,6 +676,12 @@ TARGETS: dict[str, dict[str, Target]] = {
     "inpaint": {"visible_psnr_cinn": Target(">=", -3.0, "visible_psnr_vae")},
     "mnist": {"acc_digit_class_conditional_cinn": _at_least(0.95), "mi_early_minus_last": Target(">", 0.0),
               "diversity_last_minus_early": Target(">", 0.0), "mlp_over_cinn_fd_at_last": _at_least(3.0)},
+    "colourize": {"consistency_pixel_cinn": _at_least(0.95), "coverage_pixel_cinn": _at_least(0.90),
+                  "balance_pixel_cinn": Target("<=", 0.10), "determinism_pixel_cinn": _at_least(0.95),
+                  "consistency_phi_minus_nophi": Target(">", 0.0)},
+    "daynight": {"night_to_day_coverage_pixel_cinn": _at_least(0.90), "night_to_day_balance_pixel_cinn": Target("<=", 0.10),
+                 **{f"night_to_day_preserve_{h}_pixel_cinn": _at_least(0.90) for h in ("shape", "colour", "size", "position")},
+                 "day_to_night_psnr_pixel_cinn": _at_least(30.0), "day_to_night_pixel_std_pixel_cinn": Target("<", 2.0)},
 }
 
 

@@ -132,27 +132,35 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
 
 
 # %% ../nbs/07a_runs.ipynb #be59dff4
-def _train_run_single_thread(args: tuple) -> dict:
-    "`train_run` in a worker process of `train_runs`: one CPU thread, no progress bar."
+def _train_run_single_thread(job: tuple) -> dict:
+    "A job `(trainer, args)` of `train_runs` in a worker process: one CPU thread, no progress bar."
     torch.set_num_threads(1)
-    return train_run(*args, progress=False)
+    trainer, args = job
+    return trainer(*args, progress=False)
 
 
 def _report(experiment: str, r: dict, done: int, total: int):
-    print(f"train_translator@{experiment}: {done}/{total} {run_name(r['condition'], r['kind'], r['seed'])} "
+    name = r.get("name") or run_name(r["condition"], r["kind"], r["seed"])
+    print(f"train_translator@{experiment}: {done}/{total} {name} "
           f"({r['steps']} steps, {r['stopped']}, best at {r['best_step']}, {r['seconds']:.0f} s, val NLL {r['val_nll']})", flush=True)
 
 
 def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", workers: int = 1,
                progress: bool = True) -> list[dict]:
-    """Train every run of an experiment's `translator` section, in `experiment_runs` order; returns their
-    summaries. On the CPU, `workers > 1` trains runs side by side in processes of one thread each."""
-    jobs = [(tr, layout, experiment, c, k, s, device) for c, k, s in experiment_runs(tr)]
+    """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section, if any
+    (`ginn.baselines.pixel_cinn.train_pixel_run`; the longest, so they start first), then τ's and the MLP's in
+    `experiment_runs` order; returns their summaries. On the CPU, `workers > 1` trains runs side by side in
+    processes of one thread each."""
+    jobs = []
+    if tr.get("pixel"):
+        from .baselines.pixel_cinn import pixel_runs, train_pixel_run
+        jobs += [(train_pixel_run, (tr, layout, experiment, name, s, device)) for name, s in pixel_runs(tr)]
+    jobs += [(train_run, (tr, layout, experiment, c, k, s, device)) for c, k, s in experiment_runs(tr)]
     workers = min(int(workers), len(jobs))
     if workers <= 1 or (device != "cpu" and torch.cuda.is_available()):
         runs = []
-        for i, job in enumerate(jobs, 1):
-            runs.append(train_run(*job, progress=progress))
+        for i, (trainer, args) in enumerate(jobs, 1):
+            runs.append(trainer(*args, progress=progress))
             if progress:
                 _report(experiment, runs[-1], i, len(jobs))
         return runs

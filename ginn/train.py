@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from .translator import BaseTranslator, MLPTranslator, Translator
 # %% auto #0
 __all__ = ['ArrayLike', 'CHECKPOINT_NAME', 'as_source', 'rows', 'check_source', 'EpochBatches', 'training_loss', 'History',
            'save_checkpoint', 'load_checkpoint', 'Plateau', 'final_gain', 'make_optimizer', 'resolve_device',
-           'learning_rate', 'fit', 'linear_gaussian', 'bimodal_modes', 'bimodal', 'demo']
+           'learning_rate', 'checkpointer', 'end_of_step', 'finish_run', 'fit', 'linear_gaussian', 'bimodal_modes',
+           'bimodal', 'demo']
 
 # %% ../nbs/05_train.ipynb #cc4a3f43
 ArrayLike = "np.ndarray | Tensor | str | Path"
@@ -245,6 +247,50 @@ def learning_rate(step: int, lr: float, warmup: int, scale: float = 1.0) -> floa
     return lr * scale * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
 
 
+def checkpointer(ckpt_path: Path | None, model, optimizer, settings: dict, history: History,
+                 plateau: Plateau | None) -> Callable[[int], None] | None:
+    "`save(step)`, writing a run's checkpoint at `ckpt_path` (and noting it in `history`); None without a path."
+    if ckpt_path is None:
+        return None
+    def save(step: int):
+        history.checkpoint = str(ckpt_path)
+        save_checkpoint(ckpt_path, model, optimizer, step, settings, history, plateau)
+    return save
+
+
+def end_of_step(history: History, step: int, steps: int, rate: float, validate: Callable[[], float] | None,
+                val_every: int, plateau: Plateau | None, model, save: Callable[[int], None] | None,
+                ckpt_every: int) -> bool:
+    """The bookkeeping after optimiser step `step` (0-based) of a run of at most `steps`, shared by every trainer
+    of ginn: every `val_every` steps and at the last, record `validate()` (the validation NLL) and the learning
+    rate `rate`, and let `plateau` stop the run; mark the step cap; `save(step + 1)` every `ckpt_every` steps and
+    when the run ends. Returns whether it validated; the run ends when `history.stopped` is set."""
+    validated = validate is not None and ((step + 1) % val_every == 0 or step + 1 == steps)
+    if validated:
+        history.val_step.append(step + 1)
+        history.val_nll.append(validate())
+        history.lr.append(rate)
+        if plateau is not None and plateau.update(step + 1, history.val_nll[-1], model) == "stop":
+            history.stopped = "plateau"
+    if step + 1 == steps and history.stopped is None:
+        history.stopped = "step cap"
+    if save is not None and ((step + 1) % ckpt_every == 0 or history.stopped is not None):
+        save(step + 1)
+    return validated
+
+
+def finish_run(history: History, plateau: Plateau | None, model):
+    """End a run: load the weights of its best validation (early stopping) and note that step, or, without early
+    stopping, its last step; the model goes to eval mode. Returns `history`."""
+    if plateau is not None and plateau.best_weights is not None:
+        model.load_state_dict(plateau.best_weights)
+        history.best_step = plateau.best_step
+    elif history.step:
+        history.best_step = history.step[-1]            # without early stopping, the run returns its last weights
+    model.eval()
+    return history
+
+
 def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         lr: float | None = None, val: tuple | None = None, val_every: int | None = None,
         warmup: int = 0, patience: int | None = None, cuts: int = 2, factor: float = 0.3, min_delta: float = 0.0,
@@ -290,6 +336,7 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         start, history = load_checkpoint(ckpt_path, model, optimizer, settings, plateau)
         if history.stopped == "step cap" and start < steps:     # a run resumed with a higher cap goes on
             history.stopped = None
+    save = checkpointer(ckpt_path, model, optimizer, settings, history, plateau)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=type(model).__name__)
     for step in bar if history.stopped is None else ():
         rate = learning_rate(step, lr, warmup, plateau.scale if plateau else 1.0)
@@ -307,31 +354,15 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         optimizer.step()
         history.step.append(step + 1)
         history.loss.append(reported)
-        last_step = step + 1 == steps
-        if val is not None and ((step + 1) % val_every == 0 or last_step):
-            history.val_step.append(step + 1)
-            history.val_nll.append(conditional_nll(model, *val)["nats"])
-            history.lr.append(rate)
-            if plateau is not None and plateau.update(step + 1, history.val_nll[-1], model) == "stop":
-                history.stopped = "plateau"
+        validate = None if val is None else (lambda: conditional_nll(model, *val)["nats"])
+        if end_of_step(history, step, steps, rate, validate, val_every, plateau, model, save, ckpt_every):
             bar.set_postfix(loss=f"{reported:.3f}", val_nll=f"{history.val_nll[-1]:.3f}", lr=f"{rate:.2g}")
         elif (step + 1) % 10 == 0:
             bar.set_postfix(loss=f"{reported:.3f}")
-        if last_step and history.stopped is None:
-            history.stopped = "step cap"
-        if ckpt_path is not None and ((step + 1) % ckpt_every == 0 or history.stopped is not None):
-            history.checkpoint = str(ckpt_path)
-            save_checkpoint(ckpt_path, model, optimizer, step + 1, settings, history, plateau)
         if history.stopped is not None:
             break
     bar.close()
-    if plateau is not None and plateau.best_weights is not None:
-        model.load_state_dict(plateau.best_weights)
-        history.best_step = plateau.best_step
-    elif history.step:
-        history.best_step = history.step[-1]            # without early stopping, the run returns its last weights
-    model.eval()
-    return history
+    return finish_run(history, plateau, model)
 
 # %% ../nbs/05_train.ipynb #091857b8
 def linear_gaussian(n: int, dim: int = 4, cond_dim: int = 3, seed: int = 0, problem_seed: int = 0) -> dict:

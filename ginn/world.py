@@ -18,11 +18,12 @@ import numpy as np
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'SCENES', 'POSITIONS', 'COLOUR_RGB', 'SCENE_RGB', 'SIZE_RADIUS', 'POSITION_RANGE',
            'MAX_ROTATION', 'MAX_OBJECTS', 'SUPERSAMPLE', 'SLOTS', 'CAPTION_SPLITS', 'MODALITIES', 'ATTRIBUTE_LAYOUT',
-           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'DERIVED_INPUTS', 'MASK_GREY', 'WORLD_FORMAT', 'position_class',
-           'sample_attributes', 'sincos', 'inside', 'object_depth', 'background', 'render_background', 'render',
-           'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'read_table', 'load_vocab',
-           'make_captions', 'named_attributes', 'World', 'make_world', 'attributes_vector', 'as_rgb', 'masked_images',
-           'deformed_images', 'derived_input', 'save_world', 'load_world']
+           'ATTRIBUTE_DIM', 'ATTRIBUTE_NAMES', 'DERIVED_INPUTS', 'MASK_GREY', 'GREY8_LEVELS', 'WORLD_FORMAT',
+           'position_class', 'sample_attributes', 'sincos', 'inside', 'object_depth', 'background', 'render_background',
+           'render', 'luminance', 'sobel_edges', 'box_downsample', 'Vocab', 'parse_vocab', 'read_table', 'load_vocab',
+           'make_captions', 'named_attributes', 'World', 'make_world', 'attributes_vector', 'as_rgb', 'grey8_level',
+           'grey8', 'attribute_record', 'rerender', 'day_night_swapped', 'masked_images', 'deformed_images',
+           'derived_input', 'save_world', 'load_world']
 
 # %% ../nbs/02_world.ipynb #3ae96117
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
@@ -550,13 +551,50 @@ def attributes_vector(world: World) -> np.ndarray:
     return out
 
 # %% ../nbs/02_world.ipynb #a4e3838c
-DERIVED_INPUTS = ("edges", "masked", "deformed")
+DERIVED_INPUTS = ("edges", "masked", "deformed", "grey8", "daynight")
 MASK_GREY = 128
+GREY8_LEVELS = 8
 
 
 def as_rgb(channel: np.ndarray) -> np.ndarray:
     "Single-channel images (n, h, w) in [0, 1] as grey uint8 RGB (n, h, w, 3)."
     return np.repeat(np.round(np.clip(channel, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def grey8_level(rgb) -> np.ndarray:
+    "The grey8 level (0..7) of uint8 RGB values (..., 3): round(7 Y) of the world's luma."
+    return np.round((GREY8_LEVELS - 1) * luminance(np.asarray(rgb))).astype(np.int64)
+
+
+def grey8(images) -> np.ndarray:
+    "uint8 RGB images (..., 3) -> round(7 Y) / 7, float32 in [0, 1] (8 levels): the colourisation condition."
+    return (grey8_level(images) / (GREY8_LEVELS - 1)).astype(np.float32)
+
+
+def attribute_record(world: World) -> dict[str, np.ndarray]:
+    "The attribute record (`sample_attributes`' layout) that `render` draws `world`'s scenes from."
+    rec = {"scene": world.scene.copy(), "n_objects": world.n_objects.copy()}
+    for name, values in world.objects.items():
+        rec[name] = values.astype(np.float64) if values.dtype.kind == "f" else values.copy()
+    return rec
+
+
+def rerender(world: World, scene) -> np.ndarray:
+    """`world`'s images with each scene's background replaced by `scene` (codes, one per scene), every object
+    kept: the counterfactual render, bit-exact with `render`, so re-rendering a scene's own record returns its
+    image."""
+    rec = attribute_record(world)
+    rec["scene"] = np.broadcast_to(np.asarray(scene, dtype=np.int64), world.scene.shape).copy()
+    return render(rec, world.image.shape[1])[0]
+
+
+def day_night_swapped(world: World, seed: int) -> np.ndarray:
+    """Each scene with day and night swapped: a day scene (sky, grass or sand) rendered at night, a night scene
+    in a day scene drawn uniformly from `seed`. The paired input of the `daynight` translation: night -> day has
+    an exact three-way posterior, day -> night none."""
+    night = SCENES.index("night")
+    day = np.random.default_rng([seed, 4]).integers(0, len(SCENES) - 1, len(world))   # sky, grass, sand
+    return rerender(world, np.where(world.scene == night, day, night))
 
 
 def masked_images(images: np.ndarray, seed: int, side: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -603,6 +641,10 @@ def derived_input(world: World, kind: str, seed: int | None = None) -> np.ndarra
         return masked_images(world.image, seed)[0]
     if kind == "deformed":
         return deformed_images(world.image, seed)
+    if kind == "grey8":
+        return as_rgb(grey8(world.image))
+    if kind == "daynight":
+        return day_night_swapped(world, seed)
     raise ValueError(f"unknown derived input {kind!r}; the derived inputs are {', '.join(DERIVED_INPUTS)}")
 
 # %% ../nbs/02_world.ipynb #08d88bbc

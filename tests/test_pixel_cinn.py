@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ginn.baselines.pixel_cinn import (ConditionalCoupling, HaarDownsample, PixelCINN, Squeeze, allowed_colours,
+from ginn.baselines.pixel_cinn import (RegressionCNN, build_pixel_model, daynight_pairs, load_pixel_cinn,
+                                       save_pixel_cinn, task_pairs)
+from ginn.baselines.pixel_cinn import (TOY_COLOURS, ConditionalCoupling, HaarDownsample, PixelCINN, Squeeze, allowed_colours,
                                        bits_per_dim, colour_sets, colour_scores, conv_subnet, dequantize,
                                        evaluate_pixel_cinn, fc_subnet, grey8, grey8_level, latent_scaling,
                                        quantize, randomize_, sample_many, toy_colourize, train_pixel_cinn)
@@ -192,13 +194,13 @@ def test_likelihood_falls_on_a_toy_conditional_and_uses_the_condition():
         model = PixelCINN(channels=3, size=4, blocks=(2, 2), hidden=(16, 16), fc_blocks=2, fc_hidden=32,
                           subnet_depth=1, cond_widths=(8, 8), cond_flat=8, phi=phi, actnorm=True)
         before = evaluate_pixel_cinn(model, held_x, held_y)["bits_per_dim"]
-        history = train_pixel_cinn(model, train_x, train_y, steps=250, batch_size=32, lr=3e-3,
+        history = train_pixel_cinn(model, train_x, train_y, steps=400, batch_size=32, lr=3e-3,
                                    val=(held_x, held_y), val_every=50)
         result[phi] = evaluate_pixel_cinn(model, held_x, held_y)["bits_per_dim"]
         assert result[phi] < before - 2, (phi, before, result[phi])
         if phi == "joint":
             assert history.val_nll[-1] < history.val_nll[0], history.val_nll
-        assert history.stopped == "step cap" and history.best_step == 250
+        assert history.stopped == "step cap" and history.best_step == 400
     assert result["joint"] < result["none"] - 0.5, result     # knowing the pattern is worth bits
 
 
@@ -271,3 +273,53 @@ def test_colour_scores_on_a_known_case():
     scores = colour_scores(sampled, np.array([red, purple, yellow]))
     assert scores["consistency"] == 1.0 and scores["coverage"] == 0.5 and scores["determinism"] == 1.0
     assert scores["balance"] == pytest.approx(0.5 * (abs(12 / 16 - 0.5) + abs(4 / 16 - 0.5)))
+
+
+# ---------------------------------------------------------------- the regression CNN and saved runs
+def test_regression_cnn_is_an_exact_gaussian_flow_with_one_answer():
+    reg = randomize_(RegressionCNN(size=4, width=8, depth=2), seed=1)
+    x, y = torch.rand(3, 3, 4, 4, dtype=torch.float64), torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    reg = reg.double()
+    z, logdet = reg(x, y)
+    assert torch.allclose(reg.reverse(z, y), x, atol=1e-10)
+    jac = jacobian_matrix(lambda a: reg(a[None], y[:1])[0][0], x[0])
+    assert torch.linalg.slogdet(jac).logabsdet.item() == pytest.approx(logdet[0].item(), abs=1e-8)
+    assert torch.equal(reg.sample(y), reg.sample(y, temperature=3.0))         # no latent: no diversity
+
+
+def test_regression_cnn_learns_the_conditional_mean():
+    x, y, which = toy_colourize(512, seed=0)
+    reg = build_pixel_model({"network": "regression", "width": 16, "depth": 2}, 3, 4, 1, seed=0)
+    before = evaluate_pixel_cinn(reg, x, y)["bits_per_dim"]
+    train_pixel_cinn(reg, x, y, steps=300, batch_size=64, lr=3e-3)
+    assert evaluate_pixel_cinn(reg, x, y)["bits_per_dim"] < before - 1
+    pred = reg.sample(torch.as_tensor(y[:64])[:, None]).mean((2, 3)) * 255       # (64, 3) mean colour
+    mid = (TOY_COLOURS[0] + TOY_COLOURS[1]) / 2 * np.asarray(y[:64]).mean((1, 2))[:, None]
+    assert np.abs(pred.numpy() - mid).mean() < 25                             # between red and blue, not either
+
+
+def test_saved_pixel_networks_load_and_other_files_are_refused(tmp_path):
+    for settings in ({"network": "regression", "width": 8, "depth": 1},
+                     dict(blocks=(1, 1), hidden=(8, 8), fc_blocks=1, fc_hidden=8, subnet_depth=1, cond_widths=(4, 4),
+                          cond_flat=4)):
+        model = randomize_(build_pixel_model(settings, 3, 4, 1, seed=2), seed=2)
+        path = save_pixel_cinn(model, tmp_path / "run.safetensors")
+        loaded = load_pixel_cinn(path)
+        x, y = torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 4)
+        assert type(loaded) is type(model) and torch.allclose(loaded(x, y)[0], model.eval()(x, y)[0])
+    from ginn.io import save_safetensors
+    save_safetensors({"w": torch.zeros(1)}, tmp_path / "other.safetensors", {"format": "something else"})
+    with pytest.raises(ValueError, match="is not a saved pixel-space network"):
+        load_pixel_cinn(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="network must be one of cinn, regression"):
+        build_pixel_model({"network": "gan"}, 3, 4, 1, seed=0)
+
+
+def test_task_pairs_of_both_tasks():
+    world = make_world(20, seed=4)
+    x, y = task_pairs("colourize", world)
+    assert x.shape == (20, 32, 32, 3) and y.shape == (20, 32, 32) and len(np.unique(y)) <= 8
+    x, y = daynight_pairs(world)
+    assert y.shape == (20, 3, 32, 32) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+    with pytest.raises(ValueError, match="unknown pixel-space task 'sketch'"):
+        task_pairs("sketch", world)

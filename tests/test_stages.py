@@ -129,6 +129,10 @@ def break_params(mutate):
     (lambda p: p["diagnosis"]["translator"]["train"].update(steps=-5), r"train.steps: must be a positive integer"),
     (lambda p: p["diagnosis"]["translator"].update(models=["gan"]), "models: must list some of cinn, mlp"),
     (lambda p: p["extract"].update(mnist=["world_vae"]), "expert 'world_vae' reads 'world', not 'mnist'"),
+    (lambda p: p["colourize"]["translator"]["pixel"].update(task="sketch"), r"pixel.task: must be one of colourize, daynight"),
+    (lambda p: p["colourize"]["translator"]["pixel"]["train"].update(epochs=3), r"pixel.train: unknown key\(s\) \['epochs'\]"),
+    (lambda p: p["colourize"]["translator"]["pixel"].pop("seeds"), "pixel: must be a mapping with exactly the keys"),
+    (lambda p: p["colourize"]["translator"]["pixel"].update(models={}), "pixel.models: must map run names"),
 ])
 def test_bad_params_name_the_key_and_the_fix(mutate, message):
     with pytest.raises(ValueError, match=message):

@@ -5,7 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from ginn.world import (ATTRIBUTE_DIM, ATTRIBUTE_LAYOUT, COLOURS, MODALITIES, POSITIONS, SCENES, SHAPES, SIZES,
+from ginn.world import (COLOUR_RGB, GREY8_LEVELS, derived_input, grey8, grey8_level, render_background, rerender,
+                        ATTRIBUTE_DIM, ATTRIBUTE_LAYOUT, COLOURS, MODALITIES, POSITIONS, SCENES, SHAPES, SIZES,
                         World, attributes_vector, box_downsample, load_vocab, make_captions, make_world,
                         object_depth, parse_vocab, position_class, render, render_background, sample_attributes,
                         sobel_edges)
@@ -405,3 +406,39 @@ def test_named_attributes_prefers_the_longest_phrase():
     assert "shape" not in named_attributes("a starry red thing")      # whole words only
     with pytest.raises(ValueError, match="two values of shape"):
         named_attributes("a red circle and a square")
+
+
+def test_rerendering_a_scenes_own_record_is_bit_exact():
+    for w in (make_world(300, seed=11), make_world(200, seed=12, max_objects=3)):
+        assert np.array_equal(rerender(w, w.scene), w.image)
+
+
+def test_day_night_swap_changes_the_background_only():
+    w = make_world(400, seed=13)
+    swapped = derived_input(w, "daynight")
+    night = SCENES.index("night")
+    back = make_world(400, seed=13)           # the same scenes, to read their objects' masks
+    assert np.array_equal(derived_input(w, "daynight"), swapped)               # seeded: the same twice
+    inside = back.labels > 0
+    full = (w.image == COLOUR_RGB[w.colour][:, None, None]).all(-1) & inside   # pixels the object covers fully
+    assert full.reshape(len(w), -1).any(1).mean() > 0.9
+    assert np.array_equal(swapped[full], w.image[full])                       # the object is untouched
+    outside = ~inside
+    bg_changed = (swapped != w.image).any(-1) & outside
+    assert bg_changed.reshape(len(w), -1).any(1).all()                        # every background changes
+    is_night = w.scene == night
+    night_bg = render_background(np.full(len(w), night))[:, 0, 0]
+    assert (swapped[~is_night, 0, 0] == night_bg[~is_night]).all()            # day scenes go to night
+    assert not (swapped[is_night, 0, 0] == night_bg[is_night]).all(-1).any()  # night scenes go to a day scene
+
+
+def test_grey8_input_has_eight_levels_and_keeps_the_colour_level():
+    w = make_world(200, seed=14)
+    g = derived_input(w, "grey8")
+    assert g.shape == w.image.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    levels = np.unique(g)
+    assert len(levels) <= GREY8_LEVELS and np.allclose(levels / 255 * 7, np.round(levels / 255 * 7), atol=0.04)
+    full = (w.image == COLOUR_RGB[w.colour][:, None, None]).all(-1)          # pixels the object covers fully
+    level = np.broadcast_to(grey8_level(COLOUR_RGB[w.colour])[:, None, None], full.shape)
+    assert np.array_equal(np.round(g[..., 0][full] / 255 * 7), level[full])   # the object's grey level is its colour's
+    assert np.allclose(grey8(w.image) * 7, grey8_level(w.image))

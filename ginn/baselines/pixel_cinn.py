@@ -5,7 +5,10 @@
 # %% ../../nbs/09_pixel_cinn.ipynb #8887f467
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -15,17 +18,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..flow import LOG_2PI, ActNorm, Permutation
-from ..train import (CHECKPOINT_NAME, EpochBatches, History, Plateau, load_checkpoint, resolve_device,
-                        save_checkpoint)
-from ..world import COLOUR_RGB, COLOURS, luminance
+from ..train import (CHECKPOINT_NAME, EpochBatches, History, Plateau, checkpointer, end_of_step, finish_run,
+                        load_checkpoint, resolve_device)
+from ..world import COLOUR_RGB, COLOURS, GREY8_LEVELS, grey8, grey8_level   # grey8: the world's derived input
 
 # %% auto #0
-__all__ = ['PHI_MODES', 'LEVELS', 'TOY_COLOURS', 'GREY8_LEVELS', 'SoftClamp', 'conv_subnet', 'fc_subnet', 'ConditionalCoupling',
-           'randomize_', 'haar_filters', 'HaarDownsample', 'Squeeze', 'CouplingStep', 'ConditionNet', 'PixelCINN',
-           'count_parameters', 'nll', 'bits_per_dim', 'to_chw', 'dequantize', 'quantize', 'step_decay',
-           'evaluate_pixel_cinn', 'train_pixel_cinn', 'toy_colourize', 'sample_many', 'typical_latents',
-           'latent_scaling', 'colour_transfer', 'grey8_level', 'grey8', 'colour_sets', 'allowed_colours',
-           'object_colour', 'colour_scores']
+__all__ = ['PHI_MODES', 'LEVELS', 'TOY_COLOURS', 'PIXEL_FORMAT', 'PIXEL_TRAIN_KEYS', 'PIXEL_NETWORKS', 'PIXEL_TASKS', 'SoftClamp',
+           'conv_subnet', 'fc_subnet', 'ConditionalCoupling', 'randomize_', 'haar_filters', 'HaarDownsample', 'Squeeze',
+           'CouplingStep', 'ConditionNet', 'PixelCINN', 'count_parameters', 'nll', 'bits_per_dim', 'to_chw',
+           'dequantize', 'quantize', 'step_decay', 'evaluate_pixel_cinn', 'train_pixel_cinn', 'toy_colourize',
+           'sample_many', 'typical_latents', 'latent_scaling', 'colour_transfer', 'colour_sets', 'allowed_colours',
+           'object_colour', 'colour_scores', 'RegressionCNN', 'pixel_runs', 'pixel_run_name', 'build_pixel_model',
+           'save_pixel_cinn', 'load_pixel_cinn', 'colourize_pairs', 'daynight_pairs', 'task_pairs', 'train_pixel_run',
+           'load_pixel_run', 'pixel_run_summaries', 'pixel_convergence_figure']
 
 # %% ../../nbs/09_pixel_cinn.ipynb #ad4c4634
 class SoftClamp(nn.Module):
@@ -422,6 +427,7 @@ def train_pixel_cinn(model: PixelCINN, images, conditions, *, steps: int, batch_
         start, history = load_checkpoint(ckpt_path, model, optimizer, settings, plateau)
         if history.stopped in ("step cap", "time cap") and start < steps:
             history.stopped = None
+    save = checkpointer(ckpt_path, model, optimizer, settings, history, plateau)
     began = time.perf_counter()
     for step in range(start, steps) if history.stopped is None else ():
         rate = lr * step_decay(step, steps, milestones) * (plateau.scale if plateau else 1.0)
@@ -438,31 +444,15 @@ def train_pixel_cinn(model: PixelCINN, images, conditions, *, steps: int, batch_
         optimizer.step()
         history.step.append(step + 1)
         history.loss.append(loss.item() * model.dim)
-        last = step + 1 == steps
-        if val is not None and ((step + 1) % val_every == 0 or last):
-            history.val_step.append(step + 1)
-            history.val_nll.append(evaluate_pixel_cinn(model, *val, seed=seed)["nats"])
-            history.lr.append(rate)
-            if plateau is not None and plateau.update(step + 1, history.val_nll[-1], model) == "stop":
-                history.stopped = "plateau"
         if progress and (step + 1) % 50 == 0:
             print(f"step {step + 1}: {bits_per_dim(history.loss[-1] / model.dim):.3f} bits/dim (train)")
-        if history.stopped is None and time_limit is not None and time.perf_counter() - began > time_limit:
+        if time_limit is not None and time.perf_counter() - began > time_limit:
             history.stopped = "time cap"
-        if last and history.stopped is None:
-            history.stopped = "step cap"
-        if ckpt_path is not None and ((step + 1) % ckpt_every == 0 or history.stopped is not None):
-            history.checkpoint = str(ckpt_path)
-            save_checkpoint(ckpt_path, model, optimizer, step + 1, settings, history, plateau)
+        validate = None if val is None else (lambda: evaluate_pixel_cinn(model, *val, seed=seed)["nats"])
+        end_of_step(history, step, steps, rate, validate, val_every, plateau, model, save, ckpt_every)
         if history.stopped is not None:
             break
-    if plateau is not None and plateau.best_weights is not None:
-        model.load_state_dict(plateau.best_weights)
-        history.best_step = plateau.best_step
-    elif history.step:
-        history.best_step = history.step[-1]
-    model.eval()
-    return history
+    return finish_run(history, plateau, model)
 
 # %% ../../nbs/09_pixel_cinn.ipynb #d3ef4cbf
 TOY_COLOURS = np.array([(220, 40, 40), (40, 70, 225)])   # red, blue
@@ -508,19 +498,6 @@ def colour_transfer(model: PixelCINN, x_ref: Tensor, y_ref: Tensor, y_new: Tenso
     return model.reverse(z, y_new)
 
 # %% ../../nbs/09_pixel_cinn.ipynb #7ccb6a4d
-GREY8_LEVELS = 8
-
-
-def grey8_level(rgb) -> np.ndarray:
-    "The grey8 level (0..7) of uint8 RGB values (..., 3): round(7 Y) of the world's luma."
-    return np.round((GREY8_LEVELS - 1) * luminance(np.asarray(rgb))).astype(np.int64)
-
-
-def grey8(images) -> np.ndarray:
-    "The `colourize` condition: uint8 RGB images (..., 3) -> round(7 Y) / 7, float32 in [0, 1] (8 levels)."
-    return (grey8_level(images) / (GREY8_LEVELS - 1)).astype(np.float32)
-
-
 def colour_sets() -> dict[int, tuple[str, ...]]:
     "grey8 level -> the palette colours of that level (`ginn.world.COLOURS` order): the support of the posterior."
     sets: dict[int, tuple[str, ...]] = {}
@@ -571,3 +548,190 @@ def colour_scores(sampled: np.ndarray, true_colour: np.ndarray) -> dict:
                 determinism=float((sampled[~ambiguous] == true_colour[~ambiguous, None]).mean())
                 if (~ambiguous).any() else nan,
                 balance=float(np.mean(tv)) if tv else nan)
+
+# %% ../../nbs/09_pixel_cinn.ipynb #8cb15081
+class RegressionCNN(nn.Module):
+    """Table 1's CNN: x̂ = net(y), a stack of 3x3 convolutions at full resolution with a sigmoid output, trained as the
+    Gaussian x = x̂(y) + σ ⊙ z (learned per-channel σ) so that `train_pixel_cinn` and `evaluate_pixel_cinn` apply."""
+
+    def __init__(self, channels: int = 3, size: int = 32, cond_channels: int = 1, width: int = 32, depth: int = 4,
+                 seed: int = 0):
+        super().__init__()
+        self.config = dict(channels=channels, size=size, cond_channels=cond_channels, width=width, depth=depth,
+                           seed=seed)
+        self.dim = channels * size * size
+        with torch.random.fork_rng():                       # seeded initialisation, the global stream untouched
+            torch.manual_seed(seed)
+            layers, c = [], cond_channels
+            for _ in range(depth):
+                layers += [nn.Conv2d(c, width, 3, padding=1), nn.LeakyReLU(0.2)]
+                c = width
+            self.net = nn.Sequential(*layers, nn.Conv2d(c, channels, 1))
+        self.log_sigma = nn.Parameter(torch.full((channels,), math.log(0.1)))
+
+    def predict(self, y: Tensor) -> Tensor:
+        "x̂(y): the regression's image, (B, channels, size, size) in [0, 1]."
+        return torch.sigmoid(self.net(y))
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        "z = (x − x̂(y)) / σ, flattened, and log|det ∂z/∂x| = −Σ log σ over every pixel."
+        sigma = self.log_sigma.exp()[None, :, None, None]
+        z = ((x - self.predict(y)) / sigma).flatten(1)
+        return z, (-self.log_sigma.sum() * x.shape[-1] * x.shape[-2]).expand(x.shape[0])
+
+    def reverse(self, z: Tensor, y: Tensor) -> Tensor:
+        "x = x̂(y) + σ ⊙ z."
+        x_hat = self.predict(y)
+        return x_hat + self.log_sigma.exp()[None, :, None, None] * z.view_as(x_hat)
+
+    @torch.no_grad()
+    def sample(self, y: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        "The regression's one answer x̂(y) for each condition, whatever the temperature (no latent, no diversity)."
+        return self.predict(y)
+
+# %% ../../nbs/09_pixel_cinn.ipynb #992f3878
+PIXEL_FORMAT = "ginn-pixel-cinn-1"
+PIXEL_TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay", "milestones", "val_every", "patience", "cuts",
+                    "factor", "n_val", "ckpt_every")
+
+
+def pixel_runs(tr: dict) -> list[tuple[str, int]]:
+    "Every `(name, seed)` of the pixel-space runs a `translator` section's `pixel` section asks for (none without one)."
+    px = tr.get("pixel") or {}
+    return [(name, seed) for seed in px.get("seeds", [0]) for name in px.get("models", {})]
+
+
+def pixel_run_name(name: str, seed: int) -> str:
+    "The file stem of a pixel-space run: `pixel.<name>.seed<seed>`."
+    return f"pixel.{name}.seed{seed}"
+
+
+PIXEL_NETWORKS = {"cinn": PixelCINN, "regression": RegressionCNN}   # a run's `network` setting -> its class
+
+
+def build_pixel_model(settings: dict, channels: int, size: int, cond_channels: int, seed: int) -> nn.Module:
+    "The network a pixel-space run's settings describe: `network` (default `cinn`) picks the class, the rest are its arguments."
+    settings = dict(settings)
+    network = settings.pop("network", "cinn")
+    if network not in PIXEL_NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(PIXEL_NETWORKS)}, got {network!r}")
+    return PIXEL_NETWORKS[network](channels=channels, size=size, cond_channels=cond_channels, seed=seed, **settings)
+
+
+def save_pixel_cinn(model: nn.Module, path: str | Path) -> Path:
+    "Write a `PixelCINN` or `RegressionCNN`'s weights and constructor settings to a `.safetensors` file, atomically."
+    from ginn.io import save_safetensors
+    return save_safetensors(model.state_dict(), path, {"format": PIXEL_FORMAT, "class": type(model).__name__,
+                                                       "config": json.dumps(model.config)})
+
+
+def load_pixel_cinn(path: str | Path) -> nn.Module:
+    "The network saved at `path` (`save_pixel_cinn`), in eval mode; a clear error for another kind of file."
+    from ginn.io import read_safetensors
+    tensors, meta = read_safetensors(path)
+    classes = {cls.__name__: cls for cls in PIXEL_NETWORKS.values()}
+    if meta.get("format") != PIXEL_FORMAT or meta.get("class") not in classes:
+        raise ValueError(f"{path} is not a saved pixel-space network (format {meta.get('format')!r}, class "
+                         f"{meta.get('class')!r}): retrain it with `dvc repro train_translator@colourize`")
+    model = classes[meta["class"]](**json.loads(meta["config"]))
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def colourize_pairs(world) -> tuple[np.ndarray, np.ndarray]:
+    "`(images, conditions)` of the colourisation task: the world's uint8 images and their `grey8` (N, H, W)."
+    return world.image, grey8(world.image)
+
+
+def daynight_pairs(world) -> tuple[np.ndarray, np.ndarray]:
+    """`(images, conditions)` of the day <-> night task: the world's uint8 images, and the same scenes with day and
+    night swapped (`ginn.world.day_night_swapped`) as float (N, 3, H, W) in [0, 1]."""
+    from ginn.world import derived_input
+    return world.image, (derived_input(world, "daynight").transpose(0, 3, 1, 2) / np.float32(255)).astype(np.float32)
+
+
+PIXEL_TASKS = {"colourize": colourize_pairs, "daynight": daynight_pairs}   # a `pixel.task` -> its (x, y) pairs
+
+
+def task_pairs(task: str, world) -> tuple[np.ndarray, np.ndarray]:
+    "The `(images, conditions)` of pixel-space task `task` on `world`."
+    if task not in PIXEL_TASKS:
+        raise ValueError(f"unknown pixel-space task {task!r}; the tasks are {', '.join(PIXEL_TASKS)}")
+    return PIXEL_TASKS[task](world)
+
+
+def train_pixel_run(tr: dict, layout, experiment: str, name: str, seed: int, device: str = "auto",
+                    progress: bool = True) -> dict:
+    """Train the pixel-space run `name` of `tr["pixel"]` with `seed` on the world's training scenes (validation on
+    the first `n_val` validation scenes), resuming from its checkpoint; save its weights and curves like a
+    translator run (`ginn.runs`); return its summary."""
+    from ginn.io import write_json
+    from ginn.runs import curve_record
+    from ginn.world import load_world
+    px, run = tr["pixel"], pixel_run_name(name, seed)
+    train = dict(px["train"])
+    images, conditions = task_pairs(px["task"], load_world(layout.data("world", "train")))
+    val_images, val_conditions = task_pairs(px["task"], load_world(layout.data("world", "val"))[: train.pop("n_val", 500)])
+    cond_channels = 1 if conditions.ndim == 3 else conditions.shape[1]
+    model = build_pixel_model(px["models"][name], images.shape[-1], images.shape[1], cond_channels, seed)
+    settings = json.dumps([px["task"], px["models"][name], px["train"], seed], sort_keys=True)   # a changed run starts afresh
+    ckpt = layout.checkpoints(experiment) / f"{run}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+    resume = (ckpt / CHECKPOINT_NAME).is_file()
+    if "milestones" in train:
+        train["milestones"] = tuple(train["milestones"])
+    start = time.perf_counter()
+    history = train_pixel_cinn(model, images, conditions, val=(val_images, val_conditions), ckpt_dir=ckpt,
+                               resume=resume, seed=seed, device=device, progress=False, **train)
+    save_pixel_cinn(model.cpu(), layout.translators(experiment) / f"{run}.safetensors")
+    curves = curve_record(run, history)
+    write_json(curves, layout.curves(experiment) / f"{run}.json")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return dict(name=run, condition=px["task"], kind=name, seed=seed, steps=history.step[-1],
+                best_step=history.best_step, stopped=history.stopped, final_gain=curves["final_gain"],
+                resumed=resume, seconds=round(time.perf_counter() - start, 2), final_loss=history.loss[-1],
+                val_nll=min(history.val_nll) if history.val_nll else None,
+                parameters=count_parameters(model))
+
+# %% ../../nbs/09_pixel_cinn.ipynb #b17ce5b2
+def load_pixel_run(layout, experiment: str, name: str, seed: int) -> nn.Module:
+    "The trained network of pixel-space run `(name, seed)` of `experiment` (`train_pixel_run` saved it)."
+    path = layout.translators(experiment) / f"{pixel_run_name(name, seed)}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no pixel-space run {path}: run `dvc repro train_translator@{experiment}`")
+    return load_pixel_cinn(path)
+
+
+def pixel_run_summaries(layout, experiment: str, tr: dict) -> dict:
+    "`{run: {steps, stopped, best_step, best_val_nll, final_gain}}` of every pixel-space run, from its curves."
+    from ginn.runs import read_curves
+    out = {}
+    for name, seed in pixel_runs(tr):
+        run = pixel_run_name(name, seed)
+        h = read_curves(layout.curves(experiment) / f"{run}.json")
+        out[run] = {"steps": h["steps"], "stopped": h["stopped"], "best_step": h["best_step"],
+                    "best_val_nll": min(h["val_nll"]) if h["val_nll"] else None, "final_gain": h["final_gain"]}
+    return out
+
+
+def pixel_convergence_figure(layout, experiment: str, tr: dict, labels: dict | None = None):
+    """Training loss and validation NLL (nats per image) against step of every pixel-space run, one panel per
+    network (their NLLs differ by orders of magnitude); a dotted line at each run's best step. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from ginn.runs import read_curves
+    names = list(dict.fromkeys(name for name, _ in pixel_runs(tr)))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for run_name, seed in pixel_runs(tr):
+            if run_name != name:
+                continue
+            h = read_curves(layout.curves(experiment) / f"{pixel_run_name(name, seed)}.json")
+            ax.plot(h["step"], h["loss"], lw=0.7, alpha=0.5, label=f"training loss (seed {seed})")
+            ax.plot(h["step"], h["val_nll"], marker=".", ms=3, label=f"validation NLL (seed {seed})")
+            ax.axvline(h["best_step"], ls=":", lw=0.8)
+        ax.set_title((labels or {}).get(name, name), fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("nats per image", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
