@@ -119,7 +119,7 @@ def check_pixel(px: dict, dataset: str, where: str):
         _fail(f"{where}.models", f"must map run names to PixelCINN settings, got {px['models']!r}")
     if not isinstance(px["seeds"], list) or not px["seeds"] or not all(isinstance(s, int) and s >= 0 for s in px["seeds"]):
         _fail(f"{where}.seeds", f"must be a non-empty list of integers >= 0, got {px['seeds']!r}")
-    from .baselines.pixel_cinn import PIXEL_TASKS, PIXEL_TRAIN_KEYS
+    from ginn.baselines.pixel_cinn import PIXEL_TASKS, PIXEL_TRAIN_KEYS
     if px["task"] not in PIXEL_TASKS:
         _fail(f"{where}.task", f"must be one of {', '.join(PIXEL_TASKS)}, got {px['task']!r}")
     unknown = sorted(set(px["train"]) - set(PIXEL_TRAIN_KEYS))

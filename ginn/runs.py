@@ -153,7 +153,7 @@ def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", 
     processes of one thread each."""
     jobs = []
     if tr.get("pixel"):
-        from .baselines.pixel_cinn import pixel_runs, train_pixel_run
+        from ginn.baselines.pixel_cinn import pixel_runs, train_pixel_run
         jobs += [(train_pixel_run, (tr, layout, experiment, name, s, device)) for name, s in pixel_runs(tr)]
     jobs += [(train_run, (tr, layout, experiment, c, k, s, device)) for c, k, s in experiment_runs(tr)]
     workers = min(int(workers), len(jobs))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..flow import LOG_2PI, ActNorm, Permutation
 from ..train import (CHECKPOINT_NAME, EpochBatches, History, Plateau, checkpointer, end_of_step, finish_run,
                         load_checkpoint, resolve_device)
-from ..world import COLOUR_RGB, COLOURS, GREY8_LEVELS, grey8, grey8_level   # grey8: the world's derived input
+from ..world import COLOUR_RGB, COLOURS, grey8, grey8_level   # grey8: the world's derived input
 
 # %% auto #0
 __all__ = ['PHI_MODES', 'LEVELS', 'TOY_COLOURS', 'PIXEL_FORMAT', 'PIXEL_TRAIN_KEYS', 'PIXEL_NETWORKS', 'PIXEL_TASKS', 'SoftClamp',
@@ -549,7 +549,7 @@ def colour_scores(sampled: np.ndarray, true_colour: np.ndarray) -> dict:
                 if (~ambiguous).any() else nan,
                 balance=float(np.mean(tv)) if tv else nan)
 
-# %% ../../nbs/09_pixel_cinn.ipynb #8cb15081
+# %% ../../nbs/09_pixel_cinn.ipynb #15a16191
 class RegressionCNN(nn.Module):
     """Table 1's CNN: x̂ = net(y), a stack of 3x3 convolutions at full resolution with a sigmoid output, trained as the
     Gaussian x = x̂(y) + σ ⊙ z (learned per-channel σ) so that `train_pixel_cinn` and `evaluate_pixel_cinn` apply."""
@@ -589,7 +589,7 @@ class RegressionCNN(nn.Module):
         "The regression's one answer x̂(y) for each condition, whatever the temperature (no latent, no diversity)."
         return self.predict(y)
 
-# %% ../../nbs/09_pixel_cinn.ipynb #992f3878
+# %% ../../nbs/09_pixel_cinn.ipynb #ed8af816
 PIXEL_FORMAT = "ginn-pixel-cinn-1"
 PIXEL_TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay", "milestones", "val_every", "patience", "cuts",
                     "factor", "n_val", "ckpt_every")
@@ -692,7 +692,7 @@ def train_pixel_run(tr: dict, layout, experiment: str, name: str, seed: int, dev
                 val_nll=min(history.val_nll) if history.val_nll else None,
                 parameters=count_parameters(model))
 
-# %% ../../nbs/09_pixel_cinn.ipynb #b17ce5b2
+# %% ../../nbs/09_pixel_cinn.ipynb #a8a475b3
 def load_pixel_run(layout, experiment: str, name: str, seed: int) -> nn.Module:
     "The trained network of pixel-space run `(name, seed)` of `experiment` (`train_pixel_run` saved it)."
     path = layout.translators(experiment) / f"{pixel_run_name(name, seed)}.safetensors"
