@@ -89,8 +89,9 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     bad = [m for m in tr["models"] if m not in KINDS]
     if bad or not tr["models"]:
         _fail(f"{where}.translator.models", f"must list some of {', '.join(KINDS)}, got {tr['models']!r}")
-    if not tr["conditions"]:
-        _fail(f"{where}.translator.conditions", "must list at least one feature")
+    if not tr["conditions"] and "zeropair" not in tr:
+        _fail(f"{where}.translator.conditions", "must list at least one feature (only an experiment whose runs are "
+              "all in a `zeropair` section may list none)")
     seeds = tr["seeds"] if isinstance(tr["seeds"], dict) else {k: tr["seeds"] for k in tr["models"]}
     if isinstance(tr["seeds"], dict) and set(seeds) != set(tr["models"]):
         _fail(f"{where}.translator.seeds", f"as a mapping must give seeds for exactly the models {tr['models']}, "
@@ -102,6 +103,12 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     check_train(tr["train"], f"{where}.translator.train")
     if "pixel" in tr:
         check_pixel(tr["pixel"], tr["dataset"], f"{where}.translator.pixel")
+    if "zeropair" in tr:
+        from ginn.baselines.zeropair import check_zeropair
+        if tr["dataset"] != "world":
+            _fail(f"{where}.translator.zeropair", f"the zero-pair runs read the world's depth and labels; the "
+                  f"experiment's dataset is {tr['dataset']!r}")
+        check_zeropair(tr["zeropair"], f"{where}.translator.zeropair")
 
 
 PIXEL_KEYS = ("task", "models", "seeds", "train")

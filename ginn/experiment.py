@@ -682,6 +682,13 @@ TARGETS: dict[str, dict[str, Target]] = {
     "daynight": {"night_to_day_coverage_pixel_cinn": _at_least(0.90), "night_to_day_balance_pixel_cinn": Target("<=", 0.10),
                  **{f"night_to_day_preserve_{h}_pixel_cinn": _at_least(0.90) for h in ("shape", "colour", "size", "position")},
                  "day_to_night_psnr_pixel_cinn": _at_least(30.0), "day_to_night_pixel_std_pixel_cinn": Target("<", 2.0)},
+    "zeropair": {"miou_ds_mmnets": Target(">=", 0.0, "miou_ds_oracle", 0.9),          # Table 4.4: 55.4 vs 61.2
+                 "miou_ds_cascade_indices": Target("<", 0.0, "miou_ds_mmnets"),      # 5.96
+                 "miou_ds_cascade_skip": Target("<", 0.0, "miou_ds_mmnets"),         # 24.7
+                 "miou_ds_pp": Target(">", 0.0, "miou_ds_mmnets"),                   # 60.1
+                 "miou_ds_stage1": Target("<", 0.0, "miou_ds_mmnets"),               # Table 4.3: 6.5 vs 45.8
+                 "miou_ds_skip": Target("<", 0.0, "miou_ds_none"),                   # Table 4.2: skip < none
+                 "miou_ds_none": Target("<", 0.0, "miou_ds_mmnets")},                # ... < pooling indices
 }
 
 

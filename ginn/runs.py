@@ -147,14 +147,18 @@ def _report(experiment: str, r: dict, done: int, total: int):
 
 def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", workers: int = 1,
                progress: bool = True) -> list[dict]:
-    """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section, if any
-    (`ginn.baselines.pixel_cinn.train_pixel_run`; the longest, so they start first), then τ's and the MLP's in
+    """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section and the
+    zero-pair runs of its `zeropair` section, if any (`ginn.baselines.pixel_cinn.train_pixel_run`,
+    `ginn.baselines.zeropair.train_zeropair_run`; the longest, so they start first), then τ's and the MLP's in
     `experiment_runs` order; returns their summaries. On the CPU, `workers > 1` trains runs side by side in
     processes of one thread each."""
     jobs = []
     if tr.get("pixel"):
         from ginn.baselines.pixel_cinn import pixel_runs, train_pixel_run
         jobs += [(train_pixel_run, (tr, layout, experiment, name, s, device)) for name, s in pixel_runs(tr)]
+    if tr.get("zeropair"):
+        from ginn.baselines.zeropair import train_zeropair_run, zeropair_runs
+        jobs += [(train_zeropair_run, (tr, layout, experiment, name, device)) for name in zeropair_runs(tr)]
     jobs += [(train_run, (tr, layout, experiment, c, k, s, device)) for c, k, s in experiment_runs(tr)]
     workers = min(int(workers), len(jobs))
     if workers <= 1 or (device != "cpu" and torch.cuda.is_available()):

@@ -440,6 +440,7 @@ class MixMatchHistory:
     alignment: list[dict] = field(default_factory=list)
     stage_steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)     # `validate(nets)` at each log step, if given
 
     def record(self) -> dict:
         "Everything as plain JSON-able values."
@@ -466,6 +467,19 @@ def _freeze_rgb_encoder(nets: MixMatchNets, batchnorm: bool):
         nets.encoders["rgb"].eval()
 
 
+def _log_probes(history: MixMatchHistory, nets: MixMatchNets, probe: tuple | None, validate):
+    "Record the alignment factors of `probe` and `validate(nets)` (in eval mode, restored after) at a log step."
+    if probe is not None:
+        history.alignment.append(alignment_factors(nets, *probe))
+    if validate is not None:
+        modes = [(m, m.training) for m in nets.modules()]
+        nets.eval()
+        with torch.no_grad():
+            history.val.append(float(validate(nets)))
+        for m, mode in modes:
+            m.training = mode
+
+
 def _to(batch: ZeroPairBatch, device) -> ZeroPairBatch:
     return replace(batch, **{m: getattr(batch, m).to(device) for m in batch.holds})
 
@@ -473,12 +487,13 @@ def _to(batch: ZeroPairBatch, device) -> ZeroPairBatch:
 def train_mixmatch(nets: MixMatchNets, split: ZeroPairSplit, settings: MixMatchSettings, *,
                    stages: tuple[int, ...] = (1, 2, 3), seconds: float | None = None,
                    stage_fractions: tuple[float, float, float] = (0.4, 0.4, 0.2), probe: tuple | None = None,
-                   log_every: int = 50, on_batch=None, device: str | torch.device = "cpu",
+                   log_every: int = 50, on_batch=None, validate=None, device: str | torch.device = "cpu",
                    progress: bool = False) -> MixMatchHistory:
     """Train `nets` on the zero-pair `split` through `stages` of Sec. 4.6.1, in order: (1, 2) is M&MNets,
     (1, 2, 3) M&MNets+PP, and (3,) continues a trained M&MNets with pseudo-pairs. Stage k runs
-    `settings.steps[k-1]` iterations, or stops when `stage_fractions[k-1] x seconds` have passed.
-    Returns a `MixMatchHistory`; `nets` is left in eval mode."""
+    `settings.steps[k-1]` iterations, or stops when `stage_fractions[k-1] x seconds` have passed. At each log step
+    the alignment factors of `probe` triplets and `validate(nets)` (a float, e.g. a loss on held-out seen pairs)
+    are recorded. Returns a `MixMatchHistory`; `nets` is left in eval mode."""
     device = resolve_device(device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -523,16 +538,14 @@ def train_mixmatch(nets: MixMatchNets, split: ZeroPairSplit, settings: MixMatchS
                 history.losses.append({key: v / log_every if n % log_every == 0 else v / (n % log_every)
                                        for key, v in sums.items()})
                 sums = {}
-                if probe is not None:
-                    history.alignment.append(alignment_factors(nets, *probe))
+                _log_probes(history, nets, probe, validate)
                 if progress:
                     print(f"stage {k} step {n}: " + ", ".join(f"{a} {b:.4f}" for a, b in history.losses[-1].items()))
         if sums:   # the time limit cut a log interval short
             history.stage.append(k)
             history.step.append(step)
             history.losses.append({key: v / (n % log_every) for key, v in sums.items()})
-            if probe is not None:
-                history.alignment.append(alignment_factors(nets, *probe))
+            _log_probes(history, nets, probe, validate)
         history.stage_steps.append(n)
         history.seconds.append(time.perf_counter() - start)
     nets.eval()
@@ -555,8 +568,10 @@ class PairedTranslator(nn.Module):
 
 
 def train_paired(model: PairedTranslator, inputs: Tensor, targets: Tensor, settings: MixMatchSettings, *,
-                 steps: int, seconds: float | None = None, device: str | torch.device = "cpu") -> list[float]:
-    "Train `model` on paired (inputs, targets) with Adam(settings.lr); return the loss of every step."
+                 steps: int, seconds: float | None = None, device: str | torch.device = "cpu",
+                 on_log=None, log_every: int = 50) -> list[float]:
+    """Train `model` on paired (inputs, targets) with Adam(settings.lr); return the loss of every step.
+    `on_log(step, model)` is called every `log_every` steps and after the last (e.g. to validate)."""
     device = resolve_device(device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -573,6 +588,10 @@ def train_paired(model: PairedTranslator, inputs: Tensor, targets: Tensor, setti
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if on_log is not None and len(losses) % log_every == 0:
+            on_log(len(losses), model)
+    if on_log is not None and len(losses) % log_every:
+        on_log(len(losses), model)
     model.eval()
     return losses
 
