@@ -206,8 +206,17 @@ STAGES = {"prepare": prepare, "train-experts": stage_train_experts, "extract": s
 def deterministic(threads: int | None):
     """Make this process compute the same bits on every run: deterministic kernels where PyTorch has a choice, and a
     fixed number of CPU threads (the profile's `threads`), since how a sum is split over threads changes its
-    rounding. Every random draw of a stage is already seeded from params.yaml."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    rounding. Every random draw of a stage is already seeded from params.yaml.
+
+    `torch.use_deterministic_algorithms` does two things: it sets the eager-mode flag (`torch._C`) and it imports
+    `torch._inductor`'s configuration to make `torch.compile` deterministic too. ginn never compiles, and that import
+    costs one to two seconds in every stage's process (of a smoke run's five minutes, half a minute); so the flag
+    is set directly, through the public call only where a PyTorch lacks the private setter."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
     if threads:
         torch.set_num_threads(int(threads))
 

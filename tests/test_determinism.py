@@ -68,3 +68,12 @@ def test_the_stages_give_the_same_bytes_twice(tmp_path):
     assert any("curves" in name for name in trees[0]) and any("translators" in name for name in trees[0])
     differ = sorted(k for k in trees[0] if trees[0][k] != trees[1].get(k))
     assert trees[0].keys() == trees[1].keys() and not differ, f"files that differ between two runs: {differ}"
+
+
+def test_deterministic_sets_the_flag_and_the_threads_in_a_fresh_process(tmp_path):
+    script = tmp_path / "flag.py"
+    script.write_text("import torch\nfrom ginn.pipeline import deterministic\nassert not torch.are_deterministic_algorithms_enabled()\n"
+                      "deterministic(1)\nprint(torch.are_deterministic_algorithms_enabled(), "
+                      "torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads())\n")
+    out = run([sys.executable, str(script)], cwd=REPO)
+    assert out.split()[-3:] == ["True", "True", "1"]
