@@ -89,9 +89,9 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     bad = [m for m in tr["models"] if m not in KINDS]
     if bad or not tr["models"]:
         _fail(f"{where}.translator.models", f"must list some of {', '.join(KINDS)}, got {tr['models']!r}")
-    if not tr["conditions"] and "zeropair" not in tr:
+    if not tr["conditions"] and "zeropair" not in tr and "shapeswap" not in tr:
         _fail(f"{where}.translator.conditions", "must list at least one feature (only an experiment whose runs are "
-              "all in a `zeropair` section may list none)")
+              "all in a `zeropair` or `shapeswap` section may list none)")
     seeds = tr["seeds"] if isinstance(tr["seeds"], dict) else {k: tr["seeds"] for k in tr["models"]}
     if isinstance(tr["seeds"], dict) and set(seeds) != set(tr["models"]):
         _fail(f"{where}.translator.seeds", f"as a mapping must give seeds for exactly the models {tr['models']}, "
@@ -109,6 +109,12 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
             _fail(f"{where}.translator.zeropair", f"the zero-pair runs read the world's depth and labels; the "
                   f"experiment's dataset is {tr['dataset']!r}")
         check_zeropair(tr["zeropair"], f"{where}.translator.zeropair")
+    if "shapeswap" in tr:
+        from ginn.baselines.shapeswap import check_shapeswap
+        if tr["dataset"] != "world":
+            _fail(f"{where}.translator.shapeswap", f"the shape-swap runs read the world's scenes and its classifier; "
+                  f"the experiment's dataset is {tr['dataset']!r}")
+        check_shapeswap(tr["shapeswap"], f"{where}.translator.shapeswap")
 
 
 PIXEL_KEYS = ("task", "models", "seeds", "train")

@@ -689,6 +689,10 @@ TARGETS: dict[str, dict[str, Target]] = {
                  "miou_ds_stage1": Target("<", 0.0, "miou_ds_mmnets"),               # Table 4.3: 6.5 vs 45.8
                  "miou_ds_skip": Target("<", 0.0, "miou_ds_none"),                   # Table 4.2: skip < none
                  "miou_ds_none": Target("<", 0.0, "miou_ds_mmnets")},                # ... < pooling indices
+    "shapeswap": {"target_shape_cascade_circle_square": _at_least(0.80),          # Katzir et al.: the shape changes
+                  "preservation_cascade_circle_square": _at_least(0.80),          # ... and the rest of the object stays
+                  **{f"fd_cascade_minus_best_single_{p}": Target("<", 0.0)       # Table 1: the cascade's FD below F3's
+                     for p in ("circle_square", "circle_star")}},                # and F2's alone, on both pairs
 }
 
 

@@ -136,6 +136,8 @@ def break_params(mutate):
     (lambda p: p["diagnosis"]["translator"].update(conditions=[]), "only an experiment whose runs are all in a `zeropair`"),
     (lambda p: p["zeropair"]["translator"]["zeropair"].update(variants=["indices"]), "zeropair.variants: lists side"),
     (lambda p: p["zeropair"]["translator"]["zeropair"].pop("n2n"), "zeropair: must be a mapping with exactly the keys"),
+    (lambda p: p["shapeswap"]["translator"]["shapeswap"].update(ablations=["no_gp"]), "shapeswap.ablations: lists loss"),
+    (lambda p: p["shapeswap"]["translator"]["shapeswap"].pop("n2n"), "shapeswap: must be a mapping with exactly the keys"),
 ])
 def test_bad_params_name_the_key_and_the_fix(mutate, message):
     with pytest.raises(ValueError, match=message):

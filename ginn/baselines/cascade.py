@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -328,8 +329,10 @@ class GanHistory:
 
 
 def train_level(pair: LevelPair, a: LevelData, b: LevelData, settings: CascadeSettings, *, steps: int | None = None,
-                seconds: float | None = None, seed: int = 0, progress: bool = False) -> GanHistory:
-    "Train the translator pair and critics of one level on unpaired data `a`, `b`; returns its `GanHistory`."
+                seconds: float | None = None, seed: int = 0, progress: bool = False,
+                on_log: Callable[[int], None] | None = None, log_every: int = 0) -> GanHistory:
+    """Train the translator pair and critics of one level on unpaired data `a`, `b`; returns its `GanHistory`.
+    `on_log(step)` is called every `log_every` steps and at the last (a held-out measurement, say)."""
     if steps is None and seconds is None:
         raise ValueError("give train_level a step cap (steps) or a wall-time cap (seconds), or both")
     if pair.conditional and (a.own is None or a.translated is None or b.own is None or b.translated is None):
@@ -375,10 +378,14 @@ def train_level(pair: LevelPair, a: LevelData, b: LevelData, settings: CascadeSe
             getattr(history, k).append(terms[k].item())
         history.critic.append((loss_a + loss_b).item() if s.lambda_adv else 0.0)
         history.wasserstein.append((gap_a + gap_b) / 2 if s.lambda_adv else 0.0)
+        if on_log is not None and log_every and step % log_every == 0:
+            on_log(step)
         if progress and step % 100 == 0:
             print(f"level {pair.level} step {step}: total {history.total[-1]:.3f}, cyc {history.cyc[-1]:.4f}, "
                   f"idty {history.idty[-1]:.4f}, W {history.wasserstein[-1]:.3f}")
     history.seconds = round(time.perf_counter() - began, 2)
+    if on_log is not None and log_every and step % log_every:
+        on_log(step)
     pair.eval()
     return history
 
@@ -419,9 +426,11 @@ def inverter_loss(inverter: Inverter, classifier: ConvClassifier, level: int, fe
 
 def train_inverter(inverter: Inverter, classifier: ConvClassifier, level: int, images, features: Tensor | None = None,
                    *, steps: int | None = None, seconds: float | None = None, batch_size: int = 64,
-                   lr: float = 1e-3, feature_weight: float = 1.0, seed: int = 0) -> History:
+                   lr: float = 1e-3, feature_weight: float = 1.0, seed: int = 0,
+                   on_log: Callable[[int], None] | None = None, log_every: int = 0) -> History:
     """Train `inverter` on real uint8 `images` (N, H, W, 3) of its domain (their level-`level` `features`, computed
-    when not given); `History.loss` holds the total loss per step. Returns in eval mode."""
+    when not given); `History.loss` holds the total loss per step; `on_log(step)` as in `train_level`. Returns in
+    eval mode."""
     if steps is None and seconds is None:
         raise ValueError("give train_inverter a step cap (steps) or a wall-time cap (seconds), or both")
     _check_classifier(classifier)
@@ -440,6 +449,10 @@ def train_inverter(inverter: Inverter, classifier: ConvClassifier, level: int, i
         step += 1
         history.step.append(step)
         history.loss.append(loss.item())
+        if on_log is not None and log_every and step % log_every == 0:
+            on_log(step)
+    if on_log is not None and log_every and step % log_every:
+        on_log(step)
     history.stopped = "step cap" if steps is not None and step >= steps else "time cap"
     history.best_step = step
     inverter.eval()
