@@ -19,12 +19,13 @@ import torch
 from .config import Layout, model_seeds
 from .features import check_pair, feature_name, load_cache
 from .io import write_json
-from .train import final_gain, fit
+from .train import History, final_gain, fit
 from .translator import build_translator
 
 # %% auto #0
 __all__ = ['MARGINAL', 'SCHEDULE_KEYS', 'CURVE_KEYS', 'CURVE_ROW', 'run_name', 'experiment_runs', 'pair_caches',
-           'condition_array', 'curve_record', 'read_curves', 'train_run', 'train_runs']
+           'condition_array', 'curve_record', 'read_curves', 'loss_curve_record', 'window_means', 'train_run',
+           'train_runs']
 
 # %% ../nbs/07a_runs.ipynb #5860d776
 MARGINAL = "marginal"
@@ -98,6 +99,28 @@ def read_curves(path: str | Path) -> dict:
         raise ValueError(f"{path}: stopped must be a reason ('plateau' or 'step cap'), got {record['stopped']!r}")
     columns = {k: [row[k] for row in record["curve"]] for k in CURVE_ROW}
     return {**{k: record[k] for k in CURVE_KEYS if k != "curve"}, **columns}
+
+
+def loss_curve_record(name: str, step: list[int], loss: list[float], val: list[float], lr, *, val_metric: str,
+                      seconds: float, parameters: int, stopped: str = "step cap") -> dict:
+    """The curves record (the schema of `curve_record`) of a baseline run that is not a likelihood model (a GAN, a
+    segmentation network): one row per log step with the mean training loss, a held-out loss in the `val_nll`
+    column, and the learning rate (`lr`: one rate, or one per row); `best_step` is the step of the lowest held-out
+    loss. Adds `val_metric` (what `val_nll` holds), `seconds` and `parameters`, which the reports print per row."""
+    rates = [lr] * len(step) if isinstance(lr, (int, float)) else list(lr)
+    rows = [dict(step=int(s), loss=float(l), val_nll=float(v), lr=float(r)) for s, l, v, r in zip(step, loss, val, rates)]
+    return dict(run=name, steps=int(step[-1]) if step else 0, best_step=int(step[int(np.argmin(val))]) if val else None,
+                stopped=stopped, final_gain=final_gain(History(val_step=list(step), val_nll=list(val))), curve=rows,
+                val_metric=val_metric, seconds=round(seconds, 2), parameters=int(parameters))
+
+
+def window_means(losses: list[float], steps: list[int]) -> list[float]:
+    "The mean of the per-step `losses` over each interval that ends at one of `steps` (1-based, increasing)."
+    out, start = [], 0
+    for s in steps:
+        out.append(float(np.mean(losses[start:s])) if s > start else float("nan"))
+        start = s
+    return out
 
 
 def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: str, seed: int,

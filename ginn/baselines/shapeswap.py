@@ -20,14 +20,13 @@ from .cascade import (Cascade, CascadeSettings, FeatureNormalizer, LevelData, Le
 from ..config import _fail
 from ..experts.embedded import load_expert, to_input
 from ..io import read_safetensors, save_safetensors, write_json
-from ..train import History, final_gain
+from ..runs import loss_curve_record, window_means
 from ..world import SHAPES
 
 # %% auto #0
 __all__ = ['SHAPESWAP_KEYS', 'ABLATIONS', 'CASCADE_FIELDS', 'SHAPESWAP_FORMAT', 'check_shapeswap', 'cascade_settings',
-           'shapeswap_runs', 'pair_rows', 'shapeswap_path', 'save_cascade', 'load_cascade', 'loss_curves', 'unit',
-           'fit_pair_level', 'fit_inverter', 'domain_images', 'train_pair', 'domain_codes', 'train_n2n',
-           'train_shapeswap_run']
+           'shapeswap_runs', 'pair_rows', 'shapeswap_path', 'save_cascade', 'load_cascade', 'unit', 'fit_pair_level',
+           'fit_inverter', 'domain_images', 'train_pair', 'domain_codes', 'train_n2n', 'train_shapeswap_run']
 
 # %% ../../nbs/10a_shapeswap.ipynb #07e90482
 SHAPESWAP_KEYS = ("pairs", "cascade", "steps", "inverter_steps", "ablations", "ablation_pairs", "n2n", "n_val",
@@ -130,24 +129,6 @@ def load_cascade(path: Path) -> Cascade:
     return cascade.eval()
 
 # %% ../../nbs/10a_shapeswap.ipynb #730fb637
-def loss_curves(name: str, step: list[int], loss: list[float], val: list[float], lr: float, *, val_metric: str,
-                seconds: float, parameters: int, stopped: str = "step cap") -> dict:
-    "The curves record of a unit (the schema of `ginn.runs.curve_record`) with its metric, seconds and parameters."
-    best = int(step[int(np.argmin(val))]) if val else None
-    rows = [dict(step=int(s), loss=float(l), val_nll=float(v), lr=float(lr)) for s, l, v in zip(step, loss, val)]
-    return dict(run=name, steps=int(step[-1]) if step else 0, best_step=best, stopped=stopped,
-                final_gain=final_gain(History(val_step=list(step), val_nll=list(val))), curve=rows,
-                val_metric=val_metric, seconds=round(seconds, 2), parameters=int(parameters))
-
-
-def _window_means(losses: list[float], steps: list[int]) -> list[float]:
-    out, start = [], 0
-    for s in steps:
-        out.append(float(np.mean(losses[start:s])) if s > start else float("nan"))
-        start = s
-    return out
-
-
 def unit(ckpt: Path, name: str, module: torch.nn.Module, train) -> tuple[torch.nn.Module, dict]:
     """`(module, curves)`: `module` with the weights of unit `name` from `ckpt` when it is there, else `train(module)`
     (which returns the curves) and then both saved to `ckpt`."""
@@ -172,7 +153,7 @@ def fit_pair_level(pair: LevelPair, data: dict, val: dict, settings: CascadeSett
         steps_at.append(step)
         held.append(float(terms["cyc"] + terms["idty"]))
     h = train_level(pair, data["a"], data["b"], settings, steps=steps, seed=seed, on_log=on_log, log_every=log_every)
-    curves = loss_curves(name, steps_at, _window_means(h.total, steps_at), held, settings.lr,
+    curves = loss_curve_record(name, steps_at, window_means(h.total, steps_at), held, settings.lr,
                          val_metric="held-out cycle + identity L1 (normalised features)", seconds=h.seconds,
                          parameters=sum(p.numel() for p in pair.parameters()))
     curves["wasserstein"] = [float(np.mean(h.wasserstein[max(0, s - log_every):s])) for s in steps_at]
@@ -192,7 +173,7 @@ def fit_inverter(inverter, classifier, level: int, images, features, val_images,
     h = train_inverter(inverter, classifier, level, images, features, steps=steps, batch_size=settings.inverter_batch_size,
                        lr=settings.inverter_lr, feature_weight=settings.inverter_feature_weight, seed=seed,
                        on_log=on_log, log_every=log_every)
-    return loss_curves(name, steps_at, _window_means(h.loss, steps_at), held, settings.inverter_lr,
+    return loss_curve_record(name, steps_at, window_means(h.loss, steps_at), held, settings.inverter_lr,
                        val_metric="held-out pixel L1", seconds=time.perf_counter() - began,
                        parameters=sum(p.numel() for n, p in inverter.named_parameters() if not n.startswith("normalizer")))
 
