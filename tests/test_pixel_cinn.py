@@ -323,3 +323,16 @@ def test_task_pairs_of_both_tasks():
     assert y.shape == (20, 3, 32, 32) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
     with pytest.raises(ValueError, match="unknown pixel-space task 'sketch'"):
         task_pairs("sketch", world)
+
+
+def test_initialisation_depends_on_the_seed_only_and_leaves_the_global_stream():
+    from ginn.baselines.pixel_cinn import build_pixel_model
+    settings = dict(blocks=[1, 1], hidden=[8, 8], fc_blocks=1, fc_hidden=16, cond_widths=[4, 4], cond_flat=8)
+    models = []
+    for state in (1, 2):                    # what ran before in a worker process must not matter
+        torch.manual_seed(state)
+        models.append(build_pixel_model(settings, 3, 8, 1, seed=0))
+        after = torch.rand(1)
+        torch.manual_seed(state)
+        assert torch.equal(after, torch.rand(1))
+    assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()))

@@ -124,3 +124,12 @@ def test_n2n_reads_labels_only_of_d_rs_and_depth_only_of_d_rd(layout, monkeypatc
     assert read["labels"] - {-1} == set(split.rs_scenes.tolist())
     assert read["depth"] - {-1} == set(split.rd_scenes.tolist())
     assert not (read["labels"] & read["depth"]) - {-1}       # no training scene gives both
+
+
+def test_a_run_does_not_depend_on_what_ran_before_in_its_process(layout):
+    weights = []
+    for state in (1, 2):                    # a worker process's global stream after different earlier jobs
+        torch.manual_seed(state)
+        train_mmnets(SECTION, layout, f"zp{state}", "skip", stages=(1, 2), keep=(2,), device="cpu")
+        weights.append(load_network(zeropair_path(layout, f"zp{state}", "mmnets.skip", "stage2")).state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))

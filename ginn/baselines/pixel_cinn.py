@@ -256,24 +256,26 @@ class PixelCINN(nn.Module):
                            cond_widths=list(cond_widths), cond_flat=cond_flat, phi=phi, downsample=downsample,
                            clamp=clamp, learned_clamp=learned_clamp, actnorm=actnorm, seed=seed)
         self.dim = channels * size * size
-        self.phi = ConditionNet(cond_channels, size, tuple(cond_widths), cond_flat, phi)
-        g = torch.Generator().manual_seed(seed)
-        common = dict(depth=subnet_depth, clamp=clamp, learned_clamp=learned_clamp, actnorm=actnorm, generator=g)
-        Down = HaarDownsample if downsample == "haar" else Squeeze
-        self.down, self.levels, self.split_shapes = nn.ModuleList(), nn.ModuleList(), []
-        c, s = channels, size
-        for k in range(levels):
-            if k:
-                self.down.append(Down(c))
-                c, s = 4 * c, s // 2
-            self.levels.append(nn.ModuleList(
-                CouplingStep(c, self.phi.channels[k], hidden[k], "conv", **common) for _ in range(blocks[k])))
-            if k:
-                self.split_shapes.append((c - c // 2, s, s))
-                c = c // 2
-        self.coarse_shape = (c, s, s)
-        self.fc = nn.ModuleList(CouplingStep(c * s * s, self.phi.flat_dim, fc_hidden, "fc", **common)
-                                for _ in range(fc_blocks))
+        with torch.random.fork_rng():                       # seeded initialisation (φ's and the subnets' default
+            torch.manual_seed(seed)                         # init too), the global stream untouched
+            self.phi = ConditionNet(cond_channels, size, tuple(cond_widths), cond_flat, phi)
+            g = torch.Generator().manual_seed(seed)
+            common = dict(depth=subnet_depth, clamp=clamp, learned_clamp=learned_clamp, actnorm=actnorm, generator=g)
+            Down = HaarDownsample if downsample == "haar" else Squeeze
+            self.down, self.levels, self.split_shapes = nn.ModuleList(), nn.ModuleList(), []
+            c, s = channels, size
+            for k in range(levels):
+                if k:
+                    self.down.append(Down(c))
+                    c, s = 4 * c, s // 2
+                self.levels.append(nn.ModuleList(
+                    CouplingStep(c, self.phi.channels[k], hidden[k], "conv", **common) for _ in range(blocks[k])))
+                if k:
+                    self.split_shapes.append((c - c // 2, s, s))
+                    c = c // 2
+            self.coarse_shape = (c, s, s)
+            self.fc = nn.ModuleList(CouplingStep(c * s * s, self.phi.flat_dim, fc_hidden, "fc", **common)
+                                    for _ in range(fc_blocks))
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         "z = f(x; φ(y)) of shape (B, dim) and log|det ∂f/∂x| of shape (B,)."
