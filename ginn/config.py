@@ -16,10 +16,10 @@ from .packaged import SPLITS
 from .translator import KINDS
 
 # %% auto #0
-__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'PIXEL_KEYS', 'TRAIN_KEYS', 'PAPER_EXPERIMENTS',
-           'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment', 'check_pixel', 'check_train',
-           'experiment_notebook', 'check_embedded', 'model_seeds', 'check_text2biggan', 'check_params', 'load_params',
-           'Layout']
+__all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'BASELINE_SECTIONS', 'PIXEL_KEYS', 'TRAIN_KEYS',
+           'PAPER_EXPERIMENTS', 'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment',
+           'BaselineSection', 'check_pixel', 'check_train', 'experiment_notebook', 'check_embedded', 'model_seeds',
+           'check_text2biggan', 'check_params', 'load_params', 'Layout']
 
 # %% ../nbs/07_config.ipynb #5bee9ddd
 PROFILES = ("default", "smoke", "paper")
@@ -89,9 +89,9 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     bad = [m for m in tr["models"] if m not in KINDS]
     if bad or not tr["models"]:
         _fail(f"{where}.translator.models", f"must list some of {', '.join(KINDS)}, got {tr['models']!r}")
-    if not tr["conditions"] and "zeropair" not in tr and "shapeswap" not in tr:
+    if not tr["conditions"] and not any(section in tr for section in BASELINE_SECTIONS):
         _fail(f"{where}.translator.conditions", "must list at least one feature (only an experiment whose runs are "
-              "all in a `zeropair` or `shapeswap` section may list none)")
+              f"all in a baseline section, one of {', '.join(BASELINE_SECTIONS)}, may list none)")
     seeds = tr["seeds"] if isinstance(tr["seeds"], dict) else {k: tr["seeds"] for k in tr["models"]}
     if isinstance(tr["seeds"], dict) and set(seeds) != set(tr["models"]):
         _fail(f"{where}.translator.seeds", f"as a mapping must give seeds for exactly the models {tr['models']}, "
@@ -103,18 +103,37 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     check_train(tr["train"], f"{where}.translator.train")
     if "pixel" in tr:
         check_pixel(tr["pixel"], tr["dataset"], f"{where}.translator.pixel")
-    if "zeropair" in tr:
-        from ginn.baselines.zeropair import check_zeropair
-        if tr["dataset"] != "world":
-            _fail(f"{where}.translator.zeropair", f"the zero-pair runs read the world's depth and labels; the "
-                  f"experiment's dataset is {tr['dataset']!r}")
-        check_zeropair(tr["zeropair"], f"{where}.translator.zeropair")
-    if "shapeswap" in tr:
-        from ginn.baselines.shapeswap import check_shapeswap
-        if tr["dataset"] != "world":
-            _fail(f"{where}.translator.shapeswap", f"the shape-swap runs read the world's scenes and its classifier; "
-                  f"the experiment's dataset is {tr['dataset']!r}")
-        check_shapeswap(tr["shapeswap"], f"{where}.translator.shapeswap")
+    for section, baseline in BASELINE_SECTIONS.items():
+        if section in tr:
+            if tr["dataset"] not in baseline.datasets:
+                _fail(f"{where}.translator.{section}", f"the {section} runs read {baseline.reads}; the experiment's "
+                      f"dataset is {tr['dataset']!r}, not {' or '.join(map(repr, baseline.datasets))}")
+            baseline.function("check")(tr[section], f"{where}.translator.{section}")
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    """A seed baseline whose runs a translator section lists in a section of its own, beside (or instead of) τ's
+    conditions. Its module defines `check_<section>(section, where)`, `<section>_runs(tr) -> names` and
+    `train_<section>_run(tr, layout, experiment, name, device, progress=...) -> summary`; they are imported only when
+    an experiment has the section, so that the configuration loads without the baselines."""
+    module: str                         # e.g. "ginn.baselines.zeropair"
+    datasets: tuple[str, ...]           # the datasets its runs can read
+    reads: str                          # what they read, for the error message
+
+    def function(self, role: str):
+        "The module's `check_<section>` (role 'check'), `<section>_runs` ('runs') or `train_<section>_run` ('train')."
+        import importlib
+        section = self.module.rsplit(".", 1)[1]
+        name = {"check": f"check_{section}", "runs": f"{section}_runs", "train": f"train_{section}_run"}[role]
+        return getattr(importlib.import_module(self.module), name)
+
+
+# One line per baseline section: `check_translator` checks it, `ginn.runs.train_runs` trains its runs.
+BASELINE_SECTIONS = {
+    "zeropair": BaselineSection("ginn.baselines.zeropair", ("world",), "the world's depth and labels"),
+    "shapeswap": BaselineSection("ginn.baselines.shapeswap", ("world",), "the world's scenes and its classifier"),
+}
 
 
 PIXEL_KEYS = ("task", "models", "seeds", "train")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Layout, model_seeds
+from .config import BASELINE_SECTIONS, Layout, model_seeds
 from .features import check_pair, feature_name, load_cache
 from .io import write_json
 from .train import History, final_gain, fit
@@ -170,22 +170,18 @@ def _report(experiment: str, r: dict, done: int, total: int):
 
 def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", workers: int = 1,
                progress: bool = True) -> list[dict]:
-    """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section, the
-    zero-pair runs of its `zeropair` section and the shape-swap runs of its `shapeswap` section, if any
-    (`ginn.baselines.pixel_cinn.train_pixel_run`, `ginn.baselines.zeropair.train_zeropair_run`,
-    `ginn.baselines.shapeswap.train_shapeswap_run`; the longest, so they start first), then τ's and the MLP's in
-    `experiment_runs` order; returns their summaries. On the CPU, `workers > 1` trains runs side by side in
-    processes of one thread each."""
+    """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section and
+    the runs of each seed baseline's section it has (`ginn.config.BASELINE_SECTIONS`: `zeropair`, `shapeswap`, ...;
+    the longest, so they start first), then τ's and the MLP's in `experiment_runs` order; returns their summaries.
+    On the CPU, `workers > 1` trains runs side by side in processes of one thread each."""
     jobs = []
     if tr.get("pixel"):
         from ginn.baselines.pixel_cinn import pixel_runs, train_pixel_run
         jobs += [(train_pixel_run, (tr, layout, experiment, name, s, device)) for name, s in pixel_runs(tr)]
-    if tr.get("zeropair"):
-        from ginn.baselines.zeropair import train_zeropair_run, zeropair_runs
-        jobs += [(train_zeropair_run, (tr, layout, experiment, name, device)) for name in zeropair_runs(tr)]
-    if tr.get("shapeswap"):
-        from ginn.baselines.shapeswap import shapeswap_runs, train_shapeswap_run
-        jobs += [(train_shapeswap_run, (tr, layout, experiment, name, device)) for name in shapeswap_runs(tr)]
+    for section, baseline in BASELINE_SECTIONS.items():
+        if tr.get(section):
+            train = baseline.function("train")
+            jobs += [(train, (tr, layout, experiment, name, device)) for name in baseline.function("runs")(tr)]
     jobs += [(train_run, (tr, layout, experiment, c, k, s, device)) for c, k, s in experiment_runs(tr)]
     workers = min(int(workers), len(jobs))
     if workers <= 1 or (device != "cpu" and torch.cuda.is_available()):
