@@ -19,7 +19,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['VOLATILE_INFO', 'atomic_path', 'write_json', 'save_npz', 'canonical_safetensors', 'save_safetensors',
-           'read_safetensors', 'stable_info', 'Savable', 'load_savable']
+           'read_safetensors', 'read_format', 'stable_info', 'Savable', 'load_savable']
 
 # %% ../nbs/00a_io.ipynb #ec2c84f3
 @contextmanager
@@ -88,6 +88,19 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e}); it is corrupt or truncated: "
                          "delete it and write it again (save the model, or rerun the stage that made it)") from e
+    return tensors, metadata
+
+
+def read_format(path: str | Path, fmt: str, what: str, stage: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """`(tensors, metadata)` of a file `save_safetensors(..., {"format": fmt})` wrote, with errors that say what the
+    file should have been (`what`) and the stage that writes it (`stage`), if it is missing or of another format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: run `dvc repro {stage}`")
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != fmt:
+        raise ValueError(f"{path} is not a saved {what} (format {metadata.get('format')!r}, expected {fmt!r}): "
+                         f"retrain it with `dvc repro -f {stage}`")
     return tensors, metadata
 
 # %% ../nbs/00a_io.ipynb #0f654af1

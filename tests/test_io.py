@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ginn.io import Savable, atomic_path, load_savable, read_safetensors, save_npz, save_safetensors, write_json
+from ginn.io import (Savable, atomic_path, load_savable, read_format, read_safetensors, save_npz, save_safetensors,
+                     write_json)
 
 
 class Affine(Savable, nn.Module):
@@ -87,6 +88,17 @@ def test_safetensors_round_trip_and_errors_that_name_the_file(tmp_path):
         bad.write_bytes(content)
         with pytest.raises(ValueError, match=rf"{name}.safetensors is not a readable safetensors file.*corrupt"):
             read_safetensors(bad)
+
+
+def test_read_format_checks_the_format_and_names_the_stage(tmp_path):
+    path = tmp_path / "net.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"no toy network at .*net.safetensors: run `dvc repro train_toy`"):
+        read_format(path, "toy-1", "toy network", "train_toy")
+    save_safetensors({"w": torch.ones(2)}, path, {"format": "toy-1"})
+    tensors, meta = read_format(path, "toy-1", "toy network", "train_toy")
+    assert torch.equal(tensors["w"], torch.ones(2)) and meta["format"] == "toy-1"
+    with pytest.raises(ValueError, match=r"not a saved other network \(format 'toy-1', expected 'other-1'\).*-f train_o"):
+        read_format(path, "other-1", "other network", "train_o")
 
 
 def test_savable_round_trip_with_info_and_format(tmp_path):

@@ -629,12 +629,12 @@ def save_pixel_cinn(model: nn.Module, path: str | Path) -> Path:
 
 def load_pixel_cinn(path: str | Path) -> nn.Module:
     "The network saved at `path` (`save_pixel_cinn`), in eval mode; a clear error for another kind of file."
-    from ginn.io import read_safetensors
-    tensors, meta = read_safetensors(path)
+    from ginn.io import read_format
+    tensors, meta = read_format(path, PIXEL_FORMAT, "pixel-space network", "train_translator@colourize")
     classes = {cls.__name__: cls for cls in PIXEL_NETWORKS.values()}
-    if meta.get("format") != PIXEL_FORMAT or meta.get("class") not in classes:
-        raise ValueError(f"{path} is not a saved pixel-space network (format {meta.get('format')!r}, class "
-                         f"{meta.get('class')!r}): retrain it with `dvc repro train_translator@colourize`")
+    if meta.get("class") not in classes:
+        raise ValueError(f"{path} is not a saved pixel-space network (class {meta.get('class')!r}, not one of "
+                         f"{', '.join(classes)}): retrain it with `dvc repro -f train_translator@colourize`")
     model = classes[meta["class"]](**json.loads(meta["config"]))
     model.load_state_dict(tensors)
     return model.eval()

@@ -19,7 +19,7 @@ from .cascade import (Cascade, CascadeSettings, FeatureNormalizer, LevelData, Le
                       inverter_loss, level_shapes, train_inverter, train_level, translator_losses)
 from ..config import _fail
 from ..experts.embedded import load_expert, to_input
-from ..io import read_safetensors, save_safetensors, write_json
+from ..io import read_format, read_safetensors, save_safetensors, write_json
 from ..runs import loss_curve_record, window_means
 from ..world import SHAPES
 
@@ -114,12 +114,7 @@ def _image_size(cascade: Cascade) -> int:
 
 def load_cascade(path: Path) -> Cascade:
     "A row `save_cascade` wrote, in eval mode; a clear error otherwise."
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no shape-swap row {path}: run `dvc repro train_translator@shapeswap`")
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != SHAPESWAP_FORMAT:
-        raise ValueError(f"{path} is not a saved shape-swap row (format {meta.get('format')!r}): retrain it with "
-                         "`dvc repro -f train_translator@shapeswap`")
+    tensors, meta = read_format(path, SHAPESWAP_FORMAT, "shape-swap row", "train_translator@shapeswap")
     config = json.loads(meta["config"])
     cascade = Cascade({int(k): tuple(v) for k, v in config["shapes"].items()}, CascadeSettings(**config["settings"]),
                       config["image_size"])

@@ -22,7 +22,7 @@ from .mixmatch import (MixMatchNets, MixMatchSettings, PairedTranslator, berhu, 
                                      zero_pair_split)
 from ..config import _fail
 from ..experts.embedded import ConvVAE, load_expert, save_expert
-from ..io import read_safetensors, save_safetensors, write_json
+from ..io import read_format, save_safetensors, write_json
 from ..runs import loss_curve_record, window_means
 
 # %% auto #0
@@ -88,12 +88,7 @@ def save_network(module: torch.nn.Module, path: Path, config: dict) -> Path:
 
 def load_network(path: Path) -> torch.nn.Module:
     "A network `save_network` wrote: `MixMatchNets` or `PairedTranslator`, in eval mode; a clear error otherwise."
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no zero-pair network {path}: run `dvc repro train_translator@zeropair`")
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != ZEROPAIR_FORMAT:
-        raise ValueError(f"{path} is not a saved zero-pair network (format {meta.get('format')!r}): retrain it with "
-                         "`dvc repro -f train_translator@zeropair`")
+    tensors, meta = read_format(path, ZEROPAIR_FORMAT, "zero-pair network", "train_translator@zeropair")
     config = json.loads(meta["config"])
     cls = {"MixMatchNets": MixMatchNets, "PairedTranslator": PairedTranslator}[config.pop("class")]
     module = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
