@@ -693,6 +693,17 @@ TARGETS: dict[str, dict[str, Target]] = {
                   "preservation_cascade_circle_square": _at_least(0.80),          # ... and the rest of the object stays
                   **{f"fd_cascade_minus_best_single_{p}": Target("<", 0.0)       # Table 1: the cascade's FD below F3's
                      for p in ("circle_square", "circle_star")}},                # and F2's alone, on both pairs
+    "multidomain": {"target_success_sdit_minus_stargan_colour": Target(">=", -0.1),   # Wang, Table 6.1: SDIT ~ StarGAN
+                    "preservation_sdit_minus_stargan_colour": Target(">=", -0.1),     # on success and preservation
+                    "diversity_sdit_minus_stargan_shape": Target(">", 0.0),           # ... more diverse (shapes)
+                    "diversity_no_lat_minus_sdit_colour": Target("<", 0.0),           # Fig. 6.6: no diversity without
+                    "diversity_gamma_only_minus_sdit_colour": Target("<", 0.0),       # L_LAT or with gamma only
+                    "background_change_sdit_minus_no_attention_colour": Target("<", 0.0),   # Sec. 6.5.3: attention
+                    "attention_iou_sdit_minus_no_attention_colour": Target(">", 0.0)},      # localises the change
+    "bias": {"misclassification_munit": _at_least(0.5),                  # Wang, Sec. 5.6, Figs. 5.5/5.8: MUNIT copies the bias
+             "misclassification_udit_minus_munit": Target("<", 0.0),     # UDIT cuts the misclassification
+             "scene_success_udit": _at_least(0.9),                      # ... while the wanted change happens
+             "scene_success_naive_minus_udit": Target("<", 0.0)},        # Sec. 5.6.6: the naive h resists it
 }
 
 
