@@ -133,6 +133,7 @@ class BaselineSection:
 BASELINE_SECTIONS = {
     "zeropair": BaselineSection("ginn.baselines.zeropair", ("world",), "the world's depth and labels"),
     "shapeswap": BaselineSection("ginn.baselines.shapeswap", ("world",), "the world's scenes and its classifier"),
+    "fewshot": BaselineSection("ginn.baselines.gans", ("world",), "the world's scenes"),
     "domain_translation": BaselineSection("ginn.baselines.domain_translation", ("world",), "the world VAE's codes, its scenes and classifier"),
 }
 

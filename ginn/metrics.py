@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .experts.embedded import segmentation_iou, to_input
 
 # %% auto #0
-__all__ = ['frechet_distance', 'OracleFeatures', 'fid_in_feature_space', 'diversity', 'attribute_accuracy', 'mask_iou',
+__all__ = ['frechet_distance', 'OracleFeatures', 'fid_in_feature_space', 'diversity', 'kmmd', 'attribute_accuracy', 'mask_iou',
            'preservation_rate', 'conditional_nll', 'mutual_information', 'spread', 'bootstrap_ci']
 
 # %% ../nbs/06_metrics.ipynb #7eedc84c
@@ -222,6 +222,24 @@ def diversity(features) -> float:
         dist = torch.cdist(x[start:start + 256], x[start:start + 256], compute_mode="donot_use_mm_for_euclid_dist")
         total += dist[:, i, j].mean(1).sum().item()
     return total / c
+
+# %% ../nbs/06_metrics.ipynb #c7d1kmmd
+def kmmd(x, y, bandwidth: float | None = None) -> float:
+    """Unbiased MMD² between samples `x` (n, d) and `y` (m, d), n, m >= 2, with a Gaussian kernel of width
+    `bandwidth` (default: the median pairwise distance of the pooled samples)."""
+    x, y = _features(x, "x"), _features(y, "y")
+    if x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
+        raise ValueError(f"kmmd needs two sets of >= 2 samples of one dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
+    d = torch.cdist(torch.cat([x, y]), torch.cat([x, y]), compute_mode="donot_use_mm_for_euclid_dist")
+    n, m = len(x), len(y)
+    if bandwidth is None:
+        bandwidth = d[torch.triu_indices(n + m, n + m, 1).unbind()].median().item()
+    if not bandwidth > 0:
+        raise ValueError(f"the kernel bandwidth must be positive, got {bandwidth} (all samples identical?)")
+    k = torch.exp(-d.pow(2) / (2 * bandwidth ** 2))
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    mean_off = lambda a, s: (a.sum() - a.diagonal().sum()) / (s * (s - 1))
+    return float(mean_off(kxx, n) + mean_off(kyy, m) - 2 * kxy.mean())
 
 # %% ../nbs/06_metrics.ipynb #21a979f6
 def _same_length(a: np.ndarray, b: np.ndarray, names: tuple[str, str]):

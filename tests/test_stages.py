@@ -133,7 +133,7 @@ def break_params(mutate):
     (lambda p: p["colourize"]["translator"]["pixel"]["train"].update(epochs=3), r"pixel.train: unknown key\(s\) \['epochs'\]"),
     (lambda p: p["colourize"]["translator"]["pixel"].pop("seeds"), "pixel: must be a mapping with exactly the keys"),
     (lambda p: p["colourize"]["translator"]["pixel"].update(models={}), "pixel.models: must map run names"),
-    (lambda p: p["diagnosis"]["translator"].update(conditions=[]), "only an experiment whose runs are all in a `zeropair`"),
+    (lambda p: p["diagnosis"]["translator"].update(conditions=[]), "only an experiment whose runs are all in a baseline section, one of zeropair"),
     (lambda p: p["zeropair"]["translator"]["zeropair"].update(variants=["indices"]), "zeropair.variants: lists side"),
     (lambda p: p["zeropair"]["translator"]["zeropair"].pop("n2n"), "zeropair: must be a mapping with exactly the keys"),
     (lambda p: p["shapeswap"]["translator"]["shapeswap"].update(ablations=["no_gp"]), "shapeswap.ablations: lists loss"),
