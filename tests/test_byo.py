@@ -196,3 +196,16 @@ def test_bad_declarations_name_the_key(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     with pytest.raises(ValueError, match="embedded expert"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_the_recipe_is_a_page_of_the_site(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("docs_build", REPO / "docs" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    build.stage(REPO, tmp_path)
+    page = json.loads((tmp_path / "tutorials" / "tutorial_byo.ipynb").read_text())
+    outputs = [o for c in page["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2        # samples and recombination, stored
+    assert any("I(z_Φ; z_Θ)" in "".join(o.get("text", "")) for o in outputs)  # the diagnosis numbers, printed
+    assert "tutorials/tutorial_byo" in (tmp_path / "index.ipynb").read_text()
