@@ -209,3 +209,22 @@ def test_the_recipe_is_a_page_of_the_site(tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2        # samples and recombination, stored
     assert any("I(z_Φ; z_Θ)" in "".join(o.get("text", "")) for o in outputs)  # the diagnosis numbers, printed
     assert "tutorials/tutorial_byo" in (tmp_path / "index.ipynb").read_text()
+
+
+def test_a_target_without_decoder_trained_side_by_side(tmp_path):
+    "Any target shape: the classifier's logits as z_Θ (no decoder: numbers, no figure), runs in two worker processes."
+    from ginn.pipeline import main
+    (tmp_path / "nbs" / "experiments").mkdir(parents=True)
+    shutil.copy(REPO / "nbs" / "experiments" / "byo.ipynb", tmp_path / "nbs" / "experiments" / "byo.ipynb")
+    p = byo_params()
+    p["smoke"]["workers"] = 2                     # the spawned workers must know the declared experts
+    p["smoke"]["extract"]["digits"] = ["ae:encoder", "clf:logits"]
+    p["smoke"]["byo"]["translator"].update(target="clf:logits", conditions=["ae:encoder"], marginal=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p))
+    for stage in (["extract"], ["train-translator", "byo"], ["evaluate", "byo"]):
+        assert main([*stage, "--params", str(params), "--quiet"]) == 0, stage
+    metrics = json.loads((tmp_path / "metrics" / "byo.json").read_text())
+    assert metrics["target_has_decoder"] is False and metrics["h_z_theta"] is None
+    assert np.isfinite(metrics["layers"]["ae:encoder"]["cinn"]["nats"]["mean"])
+    assert not (tmp_path / "reports" / "figures" / "byo" / "samples.png").exists()
