@@ -228,3 +228,22 @@ def test_a_target_without_decoder_trained_side_by_side(tmp_path):
     assert metrics["target_has_decoder"] is False and metrics["h_z_theta"] is None
     assert np.isfinite(metrics["layers"]["ae:encoder"]["cinn"]["nats"]["mean"])
     assert not (tmp_path / "reports" / "figures" / "byo" / "samples.png").exists()
+
+
+def test_a_folder_data_set_reads_arrays_texts_and_images(tmp_path):
+    from PIL import Image
+    from ginn.experts.adapters import load_custom_split
+    folder = tmp_path / "data" / "raw" / "mine"
+    (folder / "test").mkdir(parents=True)
+    np.save(folder / "train.npy", IMAGES)
+    np.savez(folder / "val.npz", x=IMAGES[:3], y=np.arange(3))
+    for i, im in enumerate(IMAGES[:4]):
+        Image.fromarray(im).save(folder / "test" / f"{i:03d}.png")
+    spec = {"folder": "data/raw/mine"}
+    assert np.array_equal(load_custom_split(spec, "train", tmp_path), IMAGES)
+    assert np.array_equal(load_custom_split(spec, "val", tmp_path), IMAGES[:3])
+    assert np.array_equal(load_custom_split(spec, "test", tmp_path), IMAGES[:4])
+    (folder / "test.txt").write_text("one\ntwo\n")
+    assert load_custom_split(spec, "test", tmp_path) == ["one", "two"]
+    with pytest.raises(FileNotFoundError, match="no nope.npy"):
+        load_custom_split(spec, "nope", tmp_path)
