@@ -10,6 +10,7 @@ renders them with warnings as errors, so a broken internal link or a missing ima
                      `hide_line`, `filter_stream`, ...), and its API in place: nbdev's `add_show_docs` puts a
                      `show_doc` after every exported definition, and each `show_doc(x)` cell becomes the autodoc
                      entry of `x` (signature and docstring), with the exported source folded below it
+- `tutorials/NAME`   each recipe notebook nbs/tutorial_*.ipynb as stored (with its outputs; never executed)
 - `reports/NAME`     each executed experiment report reports/NAME.ipynb that `dvc repro` wrote (never re-executed)
 - `results`          reports/results.ipynb, the executed results notebook: every metrics file as tables and figures
 - `reproduce`        how to rerun everything: README.md's "Set up" and "The pipeline" sections, and this site
@@ -279,6 +280,10 @@ def stage(root: Path, src: Path):
                 f"`nbdev_export`); each name it exports is documented where it is defined."))
         write_nb(nb, src / "library" / path.name)
         library.append(f"library/{path.stem}")
+    tutorials = []                                      # nbs/tutorial_*.ipynb: recipes, as stored (never executed)
+    for path in sorted(nbs.glob("tutorial_*.ipynb")):
+        write_nb(process_notebook(read_nb(path), path, documented), src / "tutorials" / path.name)
+        tutorials.append(f"tutorials/{path.stem}")
     reports = {}                                        # name -> title
     for path in sorted((root / "reports").glob("*.ipynb")):
         if path.name.startswith("."):
@@ -299,6 +304,8 @@ def stage(root: Path, src: Path):
 
     index = process_notebook(read_nb(nbs / "index.ipynb"), nbs / "index.ipynb")
     nav = toctree("Library", library)
+    if tutorials:
+        nav += "\n" + toctree("Tutorials", tutorials)
     if reports:
         nav += "\n" + toctree("Experiment reports", [f"reports/{r}" for r in reports])
     nav += "\n" + toctree("Results and reproduction", ["results", "reproduce"])

@@ -18,8 +18,8 @@ from .translator import KINDS
 # %% auto #0
 __all__ = ['PROFILES', 'DATASETS', 'EXPERIMENT_SECTIONS', 'TRANSLATOR_KEYS', 'BASELINE_SECTIONS', 'PIXEL_KEYS', 'TRAIN_KEYS',
            'PAPER_EXPERIMENTS', 'TEXT2BIGGAN_SECTIONS', 'check_world', 'check_experts', 'check_experiment',
-           'BaselineSection', 'check_pixel', 'check_train', 'experiment_notebook', 'check_embedded', 'model_seeds',
-           'check_text2biggan', 'check_params', 'load_params', 'Layout']
+           'BaselineSection', 'check_pixel', 'check_train', 'experiment_notebook', 'all_datasets', 'check_embedded',
+           'model_seeds', 'check_text2biggan', 'check_params', 'load_params', 'Layout']
 
 # %% ../nbs/07_config.ipynb #5bee9ddd
 PROFILES = ("default", "smoke", "paper")
@@ -74,8 +74,8 @@ def check_experiment(name: str, spec: dict, extracted: dict, roles: list, where:
     missing = [k for k in TRANSLATOR_KEYS if k not in tr]
     if missing:
         _fail(f"{where}.translator", f"is missing {missing}")
-    if tr["dataset"] not in DATASETS:
-        _fail(f"{where}.translator.dataset", f"must be one of {', '.join(DATASETS)}, got {tr['dataset']!r}")
+    if tr["dataset"] not in extracted:                      # the embedded data sets and custom.datasets
+        _fail(f"{where}.translator.dataset", f"must be one of {', '.join(extracted)}, got {tr['dataset']!r}")
     for spec_ in [tr["target"], *tr["conditions"]]:
         role, _ = parse_feature(spec_)
         if role not in roles and ROLES[role].trainer is not None:
@@ -183,6 +183,11 @@ def experiment_notebook(name: str, root: str | Path = ".") -> Path:
     return Path(root) / "nbs" / "experiments" / f"{name}.ipynb"
 
 
+def all_datasets(params: dict) -> tuple[str, ...]:
+    "The embedded data sets and those a profile's `custom.datasets` declares (`ginn.experts.adapters`)."
+    return (*DATASETS, *((params.get("custom") or {}).get("datasets") or {}))
+
+
 def check_embedded(params: dict, root: str | Path = "."):
     "Check an embedded profile (`default`, `smoke`): the world, the experts, the features, every experiment."
     profile = params["profile"]
@@ -190,7 +195,7 @@ def check_embedded(params: dict, root: str | Path = "."):
     _positive_ints(_section(params, "extract", profile), f"{profile}.extract", ("batch_size",))
     experts = _section(params, "experts", profile)
     check_experts(experts, f"{profile}.experts")
-    extracted = {d: params["extract"].get(d) or [] for d in DATASETS}
+    extracted = {d: params["extract"].get(d) or [] for d in all_datasets(params)}
     for dataset, specs in extracted.items():
         for spec in specs:
             role, _ = parse_feature(spec)
@@ -273,6 +278,9 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None, ch
                          f"the defined profiles are {', '.join(defined)}")
     params = {**raw[profile], "profile": profile, "experiments": raw.get("experiments", [])}
     params.setdefault("device", "auto")
+    if profile != "paper" and params.get("custom"):        # experts and data sets brought by the user
+        from ginn.experts.adapters import declare_custom
+        declare_custom(params["custom"], f"{profile}.custom")
     if check:
         check_params(params, path.parent)
     return params

@@ -23,7 +23,7 @@ from .world import DERIVED_INPUTS
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'hash_inputs', 'parse_feature', 'feature_input', 'feature_name', 'DataFeature', 'one_hot',
-           'cache_files', 'extract', 'Cache', 'load_cache', 'check_pair', 'PosteriorSource']
+           'cache_files', 'cache_is_current', 'extract', 'Cache', 'load_cache', 'check_pair', 'PosteriorSource']
 
 # %% ../nbs/04_features.ipynb #aeb3e051
 def _is_text(inputs) -> bool:
@@ -151,12 +151,36 @@ def _as_numpy(out, what: str, n_rows: int, rows: str) -> np.ndarray:
     return out
 
 
+def _described(expert) -> dict:
+    "`{'adapter': ...}` for an expert that describes itself (`ginn.experts.adapters`: adapter, weights hash)."
+    describe = getattr(expert, "describe", None)
+    return {"adapter": describe()} if callable(describe) else {}
+
+
+def cache_is_current(out_dir: str | Path, name: str, expert, inputs=None, tap: str | None = None,
+                     source_hash: str | None = None) -> bool:
+    """Whether cache `name` in `out_dir` is complete and was computed by this `expert` (the adapter, its tap and its
+    weights hash, as `describe` reports them) from these inputs: a changed model or changed data is not current."""
+    sidecar = Path(out_dir) / f"{name}.json"
+    if not sidecar.is_file():
+        return False
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError:
+        return False
+    source_hash = hash_inputs(inputs) if source_hash is None else source_hash
+    return (meta.get("format") == CACHE_FORMAT and meta.get("tap") == tap and meta.get("source_sha256") == source_hash
+            and meta.get("adapter") == _described(expert).get("adapter")
+            and all((Path(out_dir) / f["file"]).is_file() for f in meta.get("files", {}).values()))
+
+
 def extract(expert, inputs, out_dir: str | Path, name: str, tap: str | None = None, batch_size: int = 256,
             source_hash: str | None = None, progress: bool = True) -> Path:
     """Run `expert` once over `inputs` (array or list of str) and cache its output as `out_dir/name`.
 
     Writes `name.npy` (or `name.mean.npy` and `name.std.npy` for a stochastic expert) as float32, then the
-    sidecar `name.json`; returns the sidecar's path. `source_hash` defaults to `hash_inputs(inputs)`."""
+    sidecar `name.json` (with what the expert's `describe()` says of it, if it has one: adapter, weights hash);
+    returns the sidecar's path. `source_hash` defaults to `hash_inputs(inputs)`."""
     _check_name(name)
     taps = tuple(getattr(expert, "taps", ()))
     if tap is not None and tap not in taps:
@@ -215,7 +239,8 @@ def extract(expert, inputs, out_dir: str | Path, name: str, tap: str | None = No
             os.replace(tmps[key], out_dir / f)
         meta = dict(format=CACHE_FORMAT, expert=expert.name, tap=tap, n=n, shape=next(iter(shapes.values())),
                     dtype="float32", stochastic=stochastic, source_sha256=source_hash, ginn_version=ginn.__version__,
-                    files={k: {"file": f, "sha256": checksums[k]} for k, f in files.items()})
+                    files={k: {"file": f, "sha256": checksums[k]} for k, f in files.items()},
+                    **_described(expert))
         write_json(meta, sidecar)               # last: the cache is complete only now
         return sidecar
     finally:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DATASETS, Layout, experiment_notebook, load_params
+from .config import Layout, all_datasets, experiment_notebook, load_params
+from .experts.adapters import DECLARED_DATASETS, build_custom_expert, is_custom, load_custom_split
 from .experts.embedded import (ROLES, TextExpert, evaluate_experts, load_expert, reconstruction_accuracy,
                                    train_experts)
-from .features import DataFeature, extract, feature_input, feature_name, one_hot, parse_feature
+from .features import DataFeature, cache_is_current, extract, feature_input, feature_name, one_hot, parse_feature
 from .io import save_npz, write_json
 from .packaged import SPLITS, load_mnist
 from .runs import train_runs
@@ -37,7 +38,10 @@ def load_mnist_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_split(dataset: str, layout: Layout, split: str):
-    "A split as `prepare` wrote it: a `World`, or MNIST's `(images, labels)`."
+    """A split as `prepare` wrote it: a `World`, or MNIST's `(images, labels)`; or the inputs of a data set that
+    params.yaml declares (`custom.datasets`, read by `ginn.experts.adapters.load_custom_split`)."""
+    if dataset in DECLARED_DATASETS:
+        return load_custom_split(DECLARED_DATASETS[dataset], split, layout.root)
     if dataset == "world":
         return load_world(layout.data("world", split))
     return load_mnist_split(layout.data("mnist", split))
@@ -84,6 +88,8 @@ def feature_inputs(spec: str, dataset: str, layout: Layout, split: str, data=Non
     split if it is already loaded (`load_split`), so that extraction reads each split once."""
     role, tap = parse_feature(spec)
     data = load_split(dataset, layout, split) if data is None else data
+    if is_custom(role):                         # an expert declared in params.yaml reads its data set's inputs
+        return data
     if dataset == "mnist":
         images, labels = data
         return one_hot(labels, 10) if role == "digit" else images
@@ -106,6 +112,8 @@ def feature_expert(role: str, tap: str, layout: Layout, inputs):
     "The frozen expert that computes feature `role:tap` (the packaged MiniLM, a `DataFeature`, or a trained one)."
     if role == "minilm":
         return TextExpert()
+    if is_custom(role):
+        return build_custom_expert(role, inputs)
     if ROLES[role].trainer is None:
         return DataFeature(role, tap, int(np.asarray(inputs).shape[1]))
     return load_expert(layout.expert(role))
@@ -116,7 +124,7 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
     evaluation reads, for the test split alone); returns the sidecars written."""
     written, experts = [], {}
     test_only = {feature_name(f) for f in params["extract"].get("test_only") or []}
-    for dataset in DATASETS:
+    for dataset in all_datasets(params):
         for split in SPLITS:
             specs = [s for s in params["extract"].get(dataset) or []
                      if split == "test" or feature_name(s) not in test_only]
@@ -127,6 +135,12 @@ def stage_extract(params: dict, layout: Layout, progress: bool = True) -> list[P
                 if role not in experts:
                     experts[role] = feature_expert(role, tap, layout, inputs)
                 expert_tap = None if role == "minilm" else tap      # MiniLM has one output: its embedding
+                out_dir, name = layout.features(dataset, split), feature_name(spec)
+                if is_custom(role) and cache_is_current(out_dir, name, experts[role], inputs, expert_tap):
+                    if progress:                # a declared expert is re-extracted only when it or its data changed
+                        print(f"extract: {dataset}/{split}/{name} is up to date (same model weights and inputs)")
+                    written.append(out_dir / f"{name}.json")
+                    continue
                 written.append(extract(experts[role], inputs, layout.features(dataset, split), feature_name(spec),
                                        tap=expert_tap, batch_size=params["extract"]["batch_size"],
                                        progress=progress))

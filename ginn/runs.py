@@ -46,6 +46,10 @@ def experiment_runs(tr: dict) -> list[tuple[str, str, int]]:
 def pair_caches(tr: dict, layout: Layout, condition: str, split: str):
     "`(target cache, condition cache)` of `split`, checked to pair row by row; the condition is None for H(z_Θ)."
     target = load_cache(layout.features(tr["dataset"], split), feature_name(tr["target"]))
+    if len(target.shape) != 2:
+        raise ValueError(f"the target {tr['target']!r} is cached with rows of shape {tuple(target.shape[1:])}; z_Θ must "
+                         "be a vector: read a vector tap, or pool the spatial one (custom.experts.<name>.pool: flatten "
+                         "keeps every number, mean averages over positions)")
     if condition == MARGINAL:
         return target, None
     cond = load_cache(layout.features(tr["dataset"], split), feature_name(condition))
@@ -173,7 +177,8 @@ def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", 
     """Train every run of an experiment's `translator` section: the pixel-space runs of its `pixel` section and
     the runs of each seed baseline's section it has (`ginn.config.BASELINE_SECTIONS`: `zeropair`, `shapeswap`, ...;
     the longest, so they start first), then τ's and the MLP's in `experiment_runs` order; returns their summaries.
-    On the CPU, `workers > 1` trains runs side by side in processes of one thread each."""
+    On the CPU, `workers > 1` trains runs side by side in processes of one thread each. Once every run has
+    finished, the experiment's checkpoints (`Layout.checkpoints`) are removed: an interrupted stage keeps them."""
     jobs = []
     if tr.get("pixel"):
         from ginn.baselines.pixel_cinn import pixel_runs, train_pixel_run
@@ -190,12 +195,16 @@ def train_runs(tr: dict, layout: Layout, experiment: str, device: str = "auto", 
             runs.append(trainer(*args, progress=progress))
             if progress:
                 _report(experiment, runs[-1], i, len(jobs))
-        return runs
-    runs = [None] * len(jobs)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_run_single_thread, job): i for i, job in enumerate(jobs)}
-        for done, future in enumerate(as_completed(futures), 1):
-            runs[futures[future]] = future.result()
-            if progress:
-                _report(experiment, runs[futures[future]], done, len(jobs))
+    else:
+        runs = [None] * len(jobs)
+        from ginn.experts.adapters import DECLARED, custom_roles, register_roles
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=register_roles,
+                                 initargs=(custom_roles(), dict(DECLARED))) as pool:   # experts declared in params.yaml
+            futures = {pool.submit(_train_run_single_thread, job): i for i, job in enumerate(jobs)}
+            for done, future in enumerate(as_completed(futures), 1):
+                runs[futures[future]] = future.result()
+                if progress:
+                    _report(experiment, runs[futures[future]], done, len(jobs))
+    # every run finished: what they kept for resuming (and the units runs share, e.g. fewshot's source GAN) goes
+    shutil.rmtree(layout.checkpoints(experiment), ignore_errors=True)
     return runs
