@@ -13,8 +13,17 @@ from torch import nn
 
 from ginn.experts.adapters import (OUTPUT, FunctionExpert, ModuleExpert, layer_names, transformers_expert,
                                    weights_hash)
-from ginn.experts.embedded import to_input
+from ginn.experts.adapters import DECLARED
+from ginn.experts.embedded import ROLES, to_input
 from ginn.features import cache_is_current, extract, load_cache
+
+
+@pytest.fixture(autouse=True)
+def _restore_roles():
+    "Declaring experts registers roles in this process (`declare_custom`): every test leaves the table as it was."
+    roles, declared = dict(ROLES), dict(DECLARED)
+    yield
+    ROLES.clear(), ROLES.update(roles), DECLARED.clear(), DECLARED.update(declared)
 
 
 def small_cnn(seed=0):
