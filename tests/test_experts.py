@@ -194,6 +194,10 @@ def test_vae_loss_terms_by_hand():
     feat_mse = (2.0 * (y - x)[:, :1]).pow(2).mean()
     with_perc, _ = vae_loss(x, mean, logvar, decode, features=half, perceptual_weight=0.5)
     torch.testing.assert_close(with_perc, loss + 0.5 * 0.5 * d * torch.log(feat_mse + 1e-8))
+    cached, _ = vae_loss(x, mean, logvar, decode, features=half, perceptual_weight=0.5, real=half(x))
+    torch.testing.assert_close(cached, with_perc)                       # maps of x given beforehand: the same loss
+    stale, _ = vae_loss(x, mean, logvar, decode, features=half, perceptual_weight=0.5, real=half(y))
+    assert not torch.isclose(stale, with_perc)                          # ... and they are what it compares against
     with pytest.raises(ValueError, match="no feature maps"):
         vae_loss(x, mean, logvar, decode, features=lambda imgs: [])
 
@@ -235,6 +239,15 @@ def test_vae_saved_without_blocks_loads_as_plain_decoder(tmp_path):
     assert back.config["blocks"] == 0
     z = torch.randn(2, 8)
     assert torch.equal(back.decode(z), old.decode(z))
+
+
+def test_vae_gradient_clipping_is_applied_and_recorded(world):
+    plain = train_vae(world.image[:128], epochs=1, **QUICK)
+    clipped = train_vae(world.image[:128], epochs=1, clip=1e-3, **QUICK)
+    assert clipped.info["clip"] == 1e-3 and "clip" not in plain.info
+    assert not torch.equal(clipped.decoder_in.weight, plain.decoder_in.weight)     # the steps were capped
+    again = train_vae(world.image[:128], epochs=1, clip=1e-3, **QUICK)
+    assert torch.equal(again.decoder_in.weight, clipped.decoder_in.weight)         # ... deterministically
 
 
 def test_perceptual_vae_trains_and_records_it(world, held_out, trained):

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import _fail
 from ..experts.embedded import load_expert
-from ..io import read_safetensors, save_safetensors, write_json
+from ..io import read_format, read_safetensors, save_safetensors, write_json
 from ..runs import loss_curve_record, window_means
 from ..world import COLOURS, SCENES, SHAPES
 
@@ -487,11 +487,7 @@ def save_run(path: Path, tensors: dict, meta: dict) -> Path:
 
 def load_run(path: Path, vae):
     "`(model, bottleneck, meta)` of a run `save_run` wrote (SDIT or MUNIT), in eval mode; a clear error otherwise."
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no domain-translation run {path}: run its `train_translator` stage")
-    tensors, raw = read_safetensors(path)
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a saved domain-translation run (format {raw.get('format')!r})")
+    tensors, raw = read_format(path, FORMAT, "domain-translation run", "train_translator")
     meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
     model = (SDIT if meta["kind"] == "sdit" else MUNIT)(**meta["config"])
     model.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("m.")})

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import _fail
-from ..io import read_safetensors, save_safetensors, write_json
+from ..io import read_format, read_safetensors, save_safetensors, write_json
 from ..runs import loss_curve_record, window_means
 from ..world import COLOURS, SCENES
 
@@ -360,11 +360,7 @@ def save_generator(g: Generator, path: Path, miner: Miner | None = None) -> Path
 
 def load_generator(path: Path) -> tuple[Generator, Miner | None]:
     "`(G, miner or None)` as `save_generator` wrote them, in eval mode."
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no few-shot generator {path}: run `dvc repro train_translator@fewshot`")
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != FEWSHOT_FORMAT:
-        raise ValueError(f"{path} is not a saved few-shot generator (format {meta.get('format')!r})")
+    tensors, meta = read_format(path, FEWSHOT_FORMAT, "few-shot generator", "train_translator@fewshot")
     config = json.loads(meta["config"])
     g = Generator(GANSettings(**config["gan"]))
     g.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
