@@ -5,6 +5,8 @@ the first 1,000 test scenes. The changes:
 - `--gan W`: a PatchGAN critic and the term W · λ · L_GAN, λ the adaptive weight of Eq. 17 (the paper's Sec. F),
   from `--start` (a fraction of the steps) on; hinge losses; `--nobn` for a critic without BatchNorm;
 - `--up nearest|bilinear`: the decoder upsamples and then convolves (3x3) instead of transposed convolutions;
+- `--perceptual segmenter|both`: the perceptual maps of the world segmenter's label-map logits (32x32) instead of,
+  or beside, the classifier's (does a network other than the one g's loss reads see the shape?);
 - `--width`, `--latent`, `--epochs`, `--lr`, `--clip` (0: no clipping).
 
 Needs `dvc repro train_experts` first (the world data, the world classifier, the oracle). Prints a progress line
@@ -45,6 +47,7 @@ def arguments():
     p.add_argument("--dwidth", type=int, default=32)
     p.add_argument("--lam_every", type=int, default=4, help="recompute λ (Eq. 17) every this many steps")
     p.add_argument("--lam_max", type=float, default=1e4)
+    p.add_argument("--perceptual", default="classifier", choices=["classifier", "segmenter", "both"])
     p.add_argument("--n", type=int, default=20000, help="training scenes")
     p.add_argument("--n_test", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
@@ -138,6 +141,16 @@ def train(a, vae, data, features, real):
     return time.time() - t0
 
 
+def perceptual_maps(which: str, classifier, segmenter):
+    "images → the list of frozen feature maps whose errors g's loss measures."
+    from_classifier = perceptual_features(classifier, ("middle", "last"))
+
+    def features(x):
+        maps = from_classifier(x) if which != "segmenter" else []
+        return maps + ([segmenter._logits(x)] if which != "classifier" else [])
+    return features
+
+
 def main():
     a = arguments()
     torch.set_num_threads(a.threads)
@@ -145,7 +158,8 @@ def main():
     test = load_world(ROOT / "data/world/test.npz")[:a.n_test]
     classifier = load_expert(ROOT / "models/experts/world_classifier.safetensors")
     data = torch.from_numpy(np.ascontiguousarray(world.image[:a.n]))
-    features = perceptual_features(classifier, ("middle", "last"))
+    features = perceptual_maps(a.perceptual, classifier,
+                               load_expert(ROOT / "models/experts/world_segmenter.safetensors"))
     vae = make_vae(a)
     seconds = train(a, vae, data, features, _feature_targets(features, data))
     oracle = load_expert(ROOT / "models/experts/oracle.safetensors")
