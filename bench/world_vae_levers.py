@@ -7,6 +7,8 @@ the first 1,000 test scenes. The changes:
 - `--up nearest|bilinear`: the decoder upsamples and then convolves (3x3) instead of transposed convolutions;
 - `--perceptual segmenter|both`: the perceptual maps of the world segmenter's label-map logits (32x32) instead of,
   or beside, the classifier's (does a network other than the one g's loss reads see the shape?);
+- `--ensemble K`: the perceptual maps of K world classifiers (the pipeline's and K-1 more, seeds 101, 102, ...,
+  trained here with the pipeline's settings), so that g cannot match one network's features without the shape;
 - `--width`, `--latent`, `--epochs`, `--lr`, `--clip` (0: no clipping).
 
 Needs `dvc repro train_experts` first (the world data, the world classifier, the oracle). Prints a progress line
@@ -25,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ginn.experts.embedded import (ConvVAE, _feature_targets, load_expert, perceptual_features,
-                                   reconstruction_accuracy, to_input, vae_psnr)
+                                   reconstruction_accuracy, to_input, train_world_classifier, vae_psnr)
 from ginn.world import load_world
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,6 +50,7 @@ def arguments():
     p.add_argument("--lam_every", type=int, default=4, help="recompute λ (Eq. 17) every this many steps")
     p.add_argument("--lam_max", type=float, default=1e4)
     p.add_argument("--perceptual", default="classifier", choices=["classifier", "segmenter", "both"])
+    p.add_argument("--ensemble", type=int, default=1, help="world classifiers whose maps g's loss reads")
     p.add_argument("--n", type=int, default=20000, help="training scenes")
     p.add_argument("--n_test", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
@@ -141,12 +144,12 @@ def train(a, vae, data, features, real):
     return time.time() - t0
 
 
-def perceptual_maps(which: str, classifier, segmenter):
+def perceptual_maps(which: str, classifiers, segmenter):
     "images → the list of frozen feature maps whose errors g's loss measures."
-    from_classifier = perceptual_features(classifier, ("middle", "last"))
+    from_classifiers = [perceptual_features(c, ("middle", "last")) for c in classifiers]
 
     def features(x):
-        maps = from_classifier(x) if which != "segmenter" else []
+        maps = [m for f in from_classifiers for m in f(x)] if which != "segmenter" else []
         return maps + ([segmenter._logits(x)] if which != "classifier" else [])
     return features
 
@@ -158,7 +161,10 @@ def main():
     test = load_world(ROOT / "data/world/test.npz")[:a.n_test]
     classifier = load_expert(ROOT / "models/experts/world_classifier.safetensors")
     data = torch.from_numpy(np.ascontiguousarray(world.image[:a.n]))
-    features = perceptual_maps(a.perceptual, classifier,
+    classifiers = [classifier] + [train_world_classifier(world[:a.n], seed=100 + k, progress=False, width=16,
+                                                         hidden=128, epochs=3, batch_size=64, lr=3e-3)
+                                  for k in range(1, a.ensemble)]
+    features = perceptual_maps(a.perceptual, classifiers,
                                load_expert(ROOT / "models/experts/world_segmenter.safetensors"))
     vae = make_vae(a)
     seconds = train(a, vae, data, features, _feature_targets(features, data))
