@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ginn.experts.embedded import (ConvVAE, _feature_targets, load_expert, perceptual_features,
+from ginn.config import load_params
+from ginn.experts.embedded import (LEAKY, ConvVAE, _unfrozen, _feature_targets, load_expert, perceptual_features,
                                    reconstruction_accuracy, to_input, train_world_classifier, vae_psnr)
 from ginn.world import load_world
 
@@ -65,23 +66,23 @@ def make_vae(a) -> ConvVAE:
             if isinstance(m, nn.ConvTranspose2d):
                 vae.decoder[i] = nn.Sequential(nn.Upsample(scale_factor=2, mode=a.up),
                                                nn.Conv2d(m.in_channels, m.out_channels, 3, 1, 1))
-    for q in vae.parameters():
-        q.requires_grad_(True)
-    return vae.train()
+    return vae
 
 
 def make_critic(width: int, batchnorm: bool) -> nn.Module:
     "A PatchGAN critic for 32x32 images: one logit per patch of an 8x8 grid."
     norm = nn.BatchNorm2d if batchnorm else (lambda c: nn.Identity())
     w = width
-    return nn.Sequential(nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2),
-                         nn.Conv2d(w, 2 * w, 4, 2, 1), norm(2 * w), nn.LeakyReLU(0.2),
-                         nn.Conv2d(2 * w, 4 * w, 3, 1, 1), norm(4 * w), nn.LeakyReLU(0.2),
+    return nn.Sequential(nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(LEAKY),
+                         nn.Conv2d(w, 2 * w, 4, 2, 1), norm(2 * w), nn.LeakyReLU(LEAKY),
+                         nn.Conv2d(2 * w, 4 * w, 3, 1, 1), norm(4 * w), nn.LeakyReLU(LEAKY),
                          nn.Conv2d(4 * w, 1, 3, 1, 1))
 
 
 def reconstruction_terms(vae, x, features, real):
-    "`(y, L_rec, KL, MSE)`: `ginn.experts.embedded.vae_loss` split into its parts (γ at its optimum, Eq. 18)."
+    """`(y, L_rec, KL, MSE)`: `ginn.experts.embedded.vae_loss` split into its parts (γ at its optimum, Eq. 18).
+    A copy, because `vae_loss` returns only the sum and the GAN's λ needs L_rec alone: when a lever of this script
+    moves into the library, split `vae_loss` there and call it here."""
     mean, logvar = vae._posterior(x)
     y = vae._decode(mean + torch.randn_like(mean) * (0.5 * logvar).exp())
     d, mse = x[0].numel(), (y - x).pow(2).mean()
@@ -140,7 +141,6 @@ def train(a, vae, data, features, real):
                 if gan_on:
                     line.update(d=float(d_loss.detach()), g=float(g_loss.detach()))
                 print(json.dumps(line), flush=True)
-    vae.freeze()
     return time.time() - t0
 
 
@@ -161,13 +161,14 @@ def main():
     test = load_world(ROOT / "data/world/test.npz")[:a.n_test]
     classifier = load_expert(ROOT / "models/experts/world_classifier.safetensors")
     data = torch.from_numpy(np.ascontiguousarray(world.image[:a.n]))
-    classifiers = [classifier] + [train_world_classifier(world[:a.n], seed=100 + k, progress=False, width=16,
-                                                         hidden=128, epochs=3, batch_size=64, lr=3e-3)
+    settings = load_params(ROOT / "params.yaml")["experts"]["world_classifier"]
+    classifiers = [classifier] + [train_world_classifier(world[:a.n], progress=False, **{**settings, "seed": 100 + k})
                                   for k in range(1, a.ensemble)]
     features = perceptual_maps(a.perceptual, classifiers,
                                load_expert(ROOT / "models/experts/world_segmenter.safetensors"))
     vae = make_vae(a)
-    seconds = train(a, vae, data, features, _feature_targets(features, data))
+    with _unfrozen(vae):
+        seconds = train(a, vae, data, features, _feature_targets(features, data))
     oracle = load_expert(ROOT / "models/experts/oracle.safetensors")
     result = reconstruction_accuracy(vae, oracle, test)
     result["psnr"] = vae_psnr(vae, test.image)
