@@ -24,13 +24,13 @@ from ..io import Savable, load_savable, read_safetensors
 
 # %% auto #0
 __all__ = ['EXPERT_FORMAT', 'INPUT_KINDS', 'LEAKY', 'WORLD_HEADS', 'ORACLE_HEADS', 'ROLES', 'TRAINED_ROLES', 'EXPERT_SETTINGS',
-           'to_input', 'Expert', 'vae_loss', 'ConvVAE', 'ConvClassifier', 'one_hot_argmax', 'Segmenter',
+           'to_input', 'Expert', 'vae_terms', 'vae_loss', 'ConvVAE', 'ConvClassifier', 'one_hot_argmax', 'Segmenter',
            'ConvSegmenter', 'Oracle', 'minilm_path', 'TextExpert', 'perceptual_features', 'train_vae',
-           'train_classifier', 'train_segmenter', 'world_targets', 'train_world_vae', 'train_lowres_vae',
-           'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae', 'train_mnist_classifier',
-           'train_mnist_oracle', 'train_oracle', 'vae_psnr', 'reconstruction_accuracy', 'classifier_accuracy',
-           'segmentation_iou', 'segmenter_miou', 'evaluate_expert', 'evaluate_experts', 'save_expert', 'load_expert',
-           'Role', 'train_experts', 'load_experts']
+           'train_classifier', 'train_segmenter', 'world_targets', 'reseeded_classifier', 'train_world_vae',
+           'train_lowres_vae', 'train_world_classifier', 'train_world_segmenter', 'train_mnist_vae',
+           'train_mnist_classifier', 'train_mnist_oracle', 'train_oracle', 'vae_psnr', 'reconstruction_accuracy',
+           'classifier_accuracy', 'segmentation_iou', 'segmenter_miou', 'evaluate_expert', 'evaluate_experts',
+           'save_expert', 'load_expert', 'Role', 'train_experts', 'load_experts']
 
 # %% ../../nbs/03_experts.ipynb #1c118a33
 def to_input(images) -> Tensor:
@@ -182,19 +182,16 @@ class Expert(_Frozen):
 LEAKY = 0.2
 
 
-def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
-             perceptual_weight: float = 1.0, real=None) -> tuple[Tensor, Tensor]:
-    """The paper's Eq. 14 with γ at its optimum, per sample: `(D/2 log MSE + KL, MSE)` of a batch `x` of `D` values
-    per row, given the posterior `(mean, logvar)` of its codes and the `decode` that maps a code sample back.
-    With `features` (images → list of feature maps of a frozen network, see `perceptual_features`) the
-    reconstruction term also measures the error in those features, each with its own optimal γ:
-    `perceptual_weight · D/2 · mean over maps of log MSE_map` is added. `real`, the maps `features(x)` computed
-    beforehand, saves recomputing them: the frozen network gives every image the same maps in every epoch."""
+def vae_terms(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
+              perceptual_weight: float = 1.0, real=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The parts of `vae_loss`: `(y, L_rec, KL, MSE)`, with `y` the decoded sample and `L_rec` the reconstruction
+    term (pixels, plus the perceptual maps if `features` is given). A term that needs `L_rec` alone (the adaptive
+    weight of a GAN term, Eq. 17) reads it here."""
     z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
     y = decode(z)
     mse = (y - x).pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-    loss = 0.5 * x[0].numel() * torch.log(mse + 1e-8) + kl
+    rec = 0.5 * x[0].numel() * torch.log(mse + 1e-8)
     if features is not None:
         if real is None:
             with torch.no_grad():               # the targets: no graph through the frozen network for x
@@ -203,8 +200,20 @@ def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
         if not fake:
             raise ValueError("features returned no feature maps")
         log_err = sum(torch.log((a - b).pow(2).mean() + 1e-8) for a, b in zip(fake, real))
-        loss = loss + perceptual_weight * 0.5 * x[0].numel() * log_err / len(fake)
-    return loss, mse
+        rec = rec + perceptual_weight * 0.5 * x[0].numel() * log_err / len(fake)
+    return y, rec, kl, mse
+
+
+def vae_loss(x: Tensor, mean: Tensor, logvar: Tensor, decode, features=None,
+             perceptual_weight: float = 1.0, real=None) -> tuple[Tensor, Tensor]:
+    """The paper's Eq. 14 with γ at its optimum, per sample: `(D/2 log MSE + KL, MSE)` of a batch `x` of `D` values
+    per row, given the posterior `(mean, logvar)` of its codes and the `decode` that maps a code sample back.
+    With `features` (images → list of feature maps of a frozen network, see `perceptual_features`) the
+    reconstruction term also measures the error in those features, each with its own optimal γ:
+    `perceptual_weight · D/2 · mean over maps of log MSE_map` is added. `real`, the maps `features(x)` computed
+    beforehand, saves recomputing them: the frozen network gives every image the same maps in every epoch."""
+    _, rec, kl, mse = vae_terms(x, mean, logvar, decode, features, perceptual_weight, real)
+    return rec + kl, mse
 
 
 class _Residual(nn.Module):
@@ -569,9 +578,15 @@ def _fit(model: _Frozen, n: int, loss_fn, *, epochs: int, batch_size: int, lr: f
 _TAP_ORDER = ("early", "middle", "last", "logits")
 
 
-def perceptual_features(classifier: ConvClassifier, taps=("early", "middle")) -> Callable:
+def perceptual_features(classifier, taps=("early", "middle")) -> Callable:
     """`images → [the feature map at each of taps]` of a frozen `ConvClassifier`, differentiable in the images:
-    the perceptual features of `vae_loss` (the embedded stand-in for the paper's VGG-16 features)."""
+    the perceptual features of `vae_loss` (the embedded stand-in for the paper's VGG-16 features). A list of
+    classifiers gives the maps of each in turn, so that `vae_loss` averages over all of them."""
+    if isinstance(classifier, (list, tuple)):
+        if not classifier:
+            raise ValueError("perceptual_features needs at least one classifier")
+        each = [perceptual_features(c, taps) for c in classifier]
+        return lambda x: [m for features in each for m in features(x)]
     if not isinstance(classifier, ConvClassifier):
         raise TypeError(f"perceptual features come from a trained ConvClassifier, got {type(classifier).__name__}")
     if any(p.requires_grad for p in classifier.parameters()) or classifier.training:
@@ -597,35 +612,39 @@ def _feature_targets(features, data: Tensor, batch_size: int = 500) -> list[Tens
 
 def train_vae(images, *, name: str = "vae", latent_dim: int = 64, width: int = 32, blocks: int = 0,
               epochs: int = 6, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-              perceptual: ConvClassifier | None = None, perceptual_weight: float = 1.0,
-              perceptual_taps=("early", "middle"), clip: float | None = None, progress: bool = True) -> ConvVAE:
+              perceptual=None, perceptual_weight: float = 1.0, perceptual_taps=("early", "middle"),
+              clip: float | None = None, progress: bool = True) -> ConvVAE:
     """Train a `ConvVAE` on square uint8 images; returns it frozen, with `info` filled in. `perceptual`, a frozen
-    classifier of the same images, adds its features at `perceptual_taps` to the reconstruction loss; `clip`
-    caps the gradient norm of each step."""
+    classifier of the same images (or a list of them), adds its features at `perceptual_taps` to the
+    reconstruction loss; `clip` caps the gradient norm of each step."""
     data = torch.from_numpy(np.ascontiguousarray(_as_images(images, "images")))
     features = None
-    if perceptual is not None:
-        if isinstance(perceptual, str):
-            raise TypeError(f"perceptual must be a trained ConvClassifier, not the name {perceptual!r}: "
+    networks = [] if perceptual is None else list(perceptual) if isinstance(perceptual, (list, tuple)) else [perceptual]
+    for net in networks:
+        if isinstance(net, str):
+            raise TypeError(f"perceptual must be a trained ConvClassifier, not the name {net!r}: "
                             "train_experts resolves a role name, train_vae needs the expert")
-        if tuple(perceptual.input_shape) != (data.shape[3], data.shape[1], data.shape[2]):
-            raise ValueError(f"the perceptual network reads images {tuple(perceptual.input_shape)} (C, H, W); "
+        if tuple(net.input_shape) != (data.shape[3], data.shape[1], data.shape[2]):
+            raise ValueError(f"the perceptual network reads images {tuple(net.input_shape)} (C, H, W); "
                              f"these are {tuple(data.shape[1:])} (H, W, C)")
-        features = perceptual_features(perceptual, perceptual_taps)
+    if networks:
+        features = perceptual_features(networks, perceptual_taps)
     torch.manual_seed(seed)
     vae = ConvVAE(name=name, size=data.shape[1], channels=data.shape[3], latent_dim=latent_dim, width=width,
                   blocks=blocks)
     real = None if features is None else _feature_targets(features, data)
 
     def loss(idx):
-        return vae.loss(to_input(data[idx]), features, perceptual_weight, real and [r[idx] for r in real])[0]
+        return vae.loss(to_input(data[idx]), features, perceptual_weight,
+                        None if real is None else [r[idx] for r in real])[0]
 
     vae.info = _fit(vae, len(data), loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                     progress=progress, desc=name, clip=clip)
-    if perceptual is not None:
-        vae.info["perceptual"] = dict(network=perceptual.name, taps=list(perceptual_taps) if not
-                                      isinstance(perceptual_taps, str) else [perceptual_taps],
-                                      weight=perceptual_weight)
+    if networks:
+        names = [net.name for net in networks]
+        vae.info["perceptual"] = dict(network=names[0] if len(names) == 1 else names,
+                                      taps=list(perceptual_taps) if not isinstance(perceptual_taps, str)
+                                      else [perceptual_taps], weight=perceptual_weight)
     return vae
 
 
@@ -674,9 +693,41 @@ def world_targets(world, heads) -> dict[str, np.ndarray]:
     return {k: np.asarray(getattr(world, k)) for k in heads}
 
 
-def train_world_vae(world, *, name: str = "world_vae", latent_dim: int = 64, **kw) -> ConvVAE:
-    "The autoencoder g of every world experiment, on `world.image`."
-    return train_vae(world.image, name=name, latent_dim=latent_dim, **kw)
+def reseeded_classifier(classifier: ConvClassifier, world, seed: int, progress: bool = True) -> ConvClassifier:
+    """A world classifier trained by `classifier`'s recipe (its widths, heads, epochs, batch size and learning rate,
+    read from its `config` and `info`) on `world`, from another `seed`: the same kind of network, another
+    solution."""
+    info, config = classifier.info, classifier.config
+    missing = {"epochs", "batch_size", "lr", "seed"} - set(info)
+    if missing:
+        raise ValueError(f"{classifier.name!r} carries no training record ({sorted(missing)} missing from info): "
+                         "pass a classifier made by train_world_classifier or load_expert")
+    if seed == info["seed"]:
+        raise ValueError(f"seed {seed} is {classifier.name!r}'s own: the copy would be the same network")
+    return train_classifier(world.image, world_targets(world, config["heads"]), heads=config["heads"],
+                            name=f"{classifier.name}_seed{seed}", width=config["width"], hidden=config["hidden"],
+                            epochs=info["epochs"], batch_size=info["batch_size"], lr=info["lr"], seed=seed,
+                            progress=progress)
+
+
+def train_world_vae(world, *, name: str = "world_vae", latent_dim: int = 64, perceptual=None,
+                    perceptual_seeds=(), progress: bool = True, **kw) -> ConvVAE:
+    """The autoencoder g of every world experiment, on `world.image`. `perceptual_seeds` adds, beside the
+    perceptual classifier, one more classifier of its recipe per seed (`reseeded_classifier`), whose maps the
+    loss reads too: g cannot match the features of several independently trained networks without drawing
+    what they all see."""
+    seeds = list(perceptual_seeds or ())
+    if seeds:
+        if not isinstance(perceptual, ConvClassifier):
+            raise ValueError("perceptual_seeds retrains the perceptual classifier from other seeds: "
+                             "give perceptual (a trained world classifier) too")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"perceptual_seeds repeats a seed: {seeds}")
+        perceptual = [perceptual] + [reseeded_classifier(perceptual, world, s, progress) for s in seeds]
+    vae = train_vae(world.image, name=name, latent_dim=latent_dim, perceptual=perceptual, progress=progress, **kw)
+    if seeds:
+        vae.info["perceptual"]["seeds"] = seeds
+    return vae
 
 
 def train_lowres_vae(world, *, name: str = "lowres_vae", latent_dim: int = 32, **kw) -> ConvVAE:
