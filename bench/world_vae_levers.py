@@ -8,7 +8,7 @@ the first 1,000 test scenes. The changes:
 - `--perceptual segmenter|both`: the perceptual maps of the world segmenter's label-map logits (32x32) instead of,
   or beside, the classifier's (does a network other than the one g's loss reads see the shape?);
 - `--ensemble K`: the perceptual maps of K world classifiers (the pipeline's and K-1 more, seeds 101, 102, ...,
-  trained here with the pipeline's settings), so that g cannot match one network's features without the shape;
+  `ginn.experts.embedded.reseeded_classifier`: the pipeline's recipe), so that g cannot match one network's features without the shape;
 - `--width`, `--latent`, `--epochs`, `--lr`, `--clip` (0: no clipping).
 
 Needs `dvc repro train_experts` first (the world data, the world classifier, the oracle). Prints a progress line
@@ -26,9 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ginn.config import load_params
 from ginn.experts.embedded import (LEAKY, ConvVAE, _unfrozen, _feature_targets, load_expert, perceptual_features,
-                                   reconstruction_accuracy, to_input, train_world_classifier, vae_psnr)
+                                   reconstruction_accuracy, reseeded_classifier, to_input, vae_psnr, vae_terms)
 from ginn.world import load_world
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -80,16 +79,8 @@ def make_critic(width: int, batchnorm: bool) -> nn.Module:
 
 
 def reconstruction_terms(vae, x, features, real):
-    """`(y, L_rec, KL, MSE)`: `ginn.experts.embedded.vae_loss` split into its parts (γ at its optimum, Eq. 18).
-    A copy, because `vae_loss` returns only the sum and the GAN's λ needs L_rec alone: when a lever of this script
-    moves into the library, split `vae_loss` there and call it here."""
-    mean, logvar = vae._posterior(x)
-    y = vae._decode(mean + torch.randn_like(mean) * (0.5 * logvar).exp())
-    d, mse = x[0].numel(), (y - x).pow(2).mean()
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-    fake = features(y)
-    log_err = sum(torch.log((f - r).pow(2).mean() + 1e-8) for f, r in zip(fake, real))
-    return y, 0.5 * d * torch.log(mse + 1e-8) + 0.5 * d * log_err / len(fake), kl, mse
+    "`(y, L_rec, KL, MSE)` of g's loss (the library's `vae_terms`): the GAN's λ of Eq. 17 needs L_rec alone."
+    return vae_terms(x, *vae._posterior(x), vae._decode, features, 1.0, real)
 
 
 def adaptive_weight(rec, gan, last, cap: float) -> float:
@@ -161,8 +152,7 @@ def main():
     test = load_world(ROOT / "data/world/test.npz")[:a.n_test]
     classifier = load_expert(ROOT / "models/experts/world_classifier.safetensors")
     data = torch.from_numpy(np.ascontiguousarray(world.image[:a.n]))
-    settings = load_params(ROOT / "params.yaml")["experts"]["world_classifier"]
-    classifiers = [classifier] + [train_world_classifier(world[:a.n], progress=False, **{**settings, "seed": 100 + k})
+    classifiers = [classifier] + [reseeded_classifier(classifier, world[:a.n], 100 + k, progress=False)
                                   for k in range(1, a.ensemble)]
     features = perceptual_maps(a.perceptual, classifiers,
                                load_expert(ROOT / "models/experts/world_segmenter.safetensors"))

@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from ginn.experts.embedded import (ORACLE_HEADS, ROLES, TRAINED_ROLES, WORLD_HEADS, ConvClassifier, ConvSegmenter,
                                    ConvVAE, Expert, Oracle, TextExpert, classifier_accuracy, evaluate_experts,
                                    load_expert, one_hot_argmax, perceptual_features, reconstruction_accuracy,
-                                   save_expert, segmentation_iou, segmenter_miou, to_input, train_experts,
+                                   reseeded_classifier, save_expert, segmentation_iou, segmenter_miou, to_input, train_experts,
                                    train_segmenter, train_vae, train_world_classifier, train_world_segmenter,
-                                   train_world_vae, vae_loss, vae_psnr, world_targets)
+                                   train_world_vae, vae_loss, vae_psnr, vae_terms, world_targets)
 from ginn.translator import Translator
 from ginn.world import make_world
 
@@ -200,6 +200,65 @@ def test_vae_loss_terms_by_hand():
     assert not torch.isclose(stale, with_perc)                          # ... and they are what it compares against
     with pytest.raises(ValueError, match="no feature maps"):
         vae_loss(x, mean, logvar, decode, features=lambda imgs: [])
+
+
+def test_vae_terms_are_the_parts_of_vae_loss():
+    "vae_terms gives the decoded sample, L_rec (pixels + perceptual maps) and KL; vae_loss is L_rec + KL."
+    x, y = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    mean, logvar = torch.randn(4, 5), torch.full((4, 5), -30.0)
+
+    def half(imgs):
+        return [imgs[:, :1] * 2.0]
+    got_y, rec, kl, mse = vae_terms(x, mean, logvar, lambda z: y, features=half, perceptual_weight=0.5)
+    assert got_y is y
+    d = x[0].numel()
+    torch.testing.assert_close(rec, 0.5 * d * torch.log(mse + 1e-8)
+                               + 0.5 * 0.5 * d * torch.log((2.0 * (y - x)[:, :1]).pow(2).mean() + 1e-8))
+    loss, _ = vae_loss(x, mean, logvar, lambda z: y, features=half, perceptual_weight=0.5)
+    torch.testing.assert_close(loss, rec + kl)
+    assert kl > 0
+
+
+def test_perceptual_features_of_several_networks(trained, world):
+    "A list of classifiers gives each one's maps in turn; the maps of a reseeded copy differ from the original's."
+    clf = trained["classifier"]
+    other = reseeded_classifier(clf, world[:256], seed=7, progress=False)
+    x = torch.rand(2, 3, 32, 32)
+    both = perceptual_features([clf, other], ("middle", "last"))(x)
+    alone = perceptual_features(clf, ("middle", "last"))(x) + perceptual_features(other, ("middle", "last"))(x)
+    assert len(both) == 4 and all(torch.equal(a, b) for a, b in zip(both, alone))
+    assert not torch.equal(both[0], both[2])
+    with pytest.raises(ValueError, match="at least one classifier"):
+        perceptual_features([], ("middle",))
+
+
+def test_reseeded_classifier_keeps_the_recipe_and_changes_the_seed(trained, world):
+    clf = trained["classifier"]
+    copy = reseeded_classifier(clf, world[:256], seed=11, progress=False)
+    assert copy.name == f"{clf.name}_seed11"
+    assert {k: v for k, v in copy.config.items() if k != "name"} == {k: v for k, v in clf.config.items() if k != "name"}
+    assert copy.info["seed"] == 11 and copy.info["epochs"] == clf.info["epochs"] and copy.info["lr"] == clf.info["lr"]
+    assert not torch.equal(copy.heads["shape"].weight, clf.heads["shape"].weight)
+    again = reseeded_classifier(clf, world[:256], seed=11, progress=False)
+    assert torch.equal(again.heads["shape"].weight, copy.heads["shape"].weight)       # the seed decides it
+    with pytest.raises(ValueError, match="own: the copy would be the same network"):
+        reseeded_classifier(clf, world[:256], seed=clf.info["seed"], progress=False)
+    with pytest.raises(ValueError, match="no training record"):
+        reseeded_classifier(ConvClassifier(), world[:256], seed=3, progress=False)
+
+
+def test_world_vae_with_perceptual_seeds_reads_every_classifier(trained, world):
+    clf = trained["classifier"]
+    vae = train_world_vae(world[:256], epochs=1, perceptual=clf, perceptual_taps=("middle",),
+                          perceptual_seeds=[21, 22], **QUICK)
+    assert vae.info["perceptual"]["network"] == [clf.name, f"{clf.name}_seed21", f"{clf.name}_seed22"]
+    assert vae.info["perceptual"]["seeds"] == [21, 22]
+    single = train_world_vae(world[:256], epochs=1, perceptual=clf, perceptual_taps=("middle",), **QUICK)
+    assert not torch.equal(single.decoder_in.weight, vae.decoder_in.weight)           # the extra maps changed g
+    with pytest.raises(ValueError, match="give perceptual"):
+        train_world_vae(world[:64], epochs=1, perceptual_seeds=[21], **QUICK)
+    with pytest.raises(ValueError, match="repeats a seed"):
+        train_world_vae(world[:64], epochs=1, perceptual=clf, perceptual_seeds=[21, 21], **QUICK)
 
 
 def test_perceptual_features_are_differentiable_and_checked(trained):
