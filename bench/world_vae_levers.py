@@ -7,8 +7,9 @@ the first 1,000 test scenes. The changes:
 - `--up nearest|bilinear`: the decoder upsamples and then convolves (3x3) instead of transposed convolutions;
 - `--perceptual segmenter|both`: the perceptual maps of the world segmenter's label-map logits (32x32) instead of,
   or beside, the classifier's (does a network other than the one g's loss reads see the shape?);
-- `--ensemble K`: the perceptual maps of K world classifiers (the pipeline's and K-1 more, seeds 101, 102, ...,
-  `ginn.experts.embedded.reseeded_classifier`: the pipeline's recipe), so that g cannot match one network's features without the shape;
+- `--ensemble K`: the perceptual maps of K world classifiers (the pipeline's and K-1 more of its recipe, seeds
+  101, 102, ..., by `ginn.experts.embedded.reseeded_classifier`), so that g cannot match one network's features
+  without the shape;
 - `--width`, `--latent`, `--epochs`, `--lr`, `--clip` (0: no clipping).
 
 Needs `dvc repro train_experts` first (the world data, the world classifier, the oracle). Prints a progress line
@@ -137,10 +138,10 @@ def train(a, vae, data, features, real):
 
 def perceptual_maps(which: str, classifiers, segmenter):
     "images → the list of frozen feature maps whose errors g's loss measures."
-    from_classifiers = [perceptual_features(c, ("middle", "last")) for c in classifiers]
+    from_classifiers = perceptual_features(classifiers, ("middle", "last"))
 
     def features(x):
-        maps = [m for f in from_classifiers for m in f(x)] if which != "segmenter" else []
+        maps = from_classifiers(x) if which != "segmenter" else []
         return maps + ([segmenter._logits(x)] if which != "classifier" else [])
     return features
 

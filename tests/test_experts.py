@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from ginn.experts.embedded import (ORACLE_HEADS, ROLES, TRAINED_ROLES, WORLD_HEADS, ConvClassifier, ConvSegmenter,
                                    ConvVAE, Expert, Oracle, TextExpert, classifier_accuracy, evaluate_experts,
                                    load_expert, one_hot_argmax, perceptual_features, reconstruction_accuracy,
-                                   reseeded_classifier, save_expert, segmentation_iou, segmenter_miou, to_input, train_experts,
-                                   train_segmenter, train_vae, train_world_classifier, train_world_segmenter,
+                                   reseeded_classifier, save_expert, segmentation_iou, segmenter_miou, to_input,
+                                   train_experts, train_segmenter, train_vae, train_world_classifier, train_world_segmenter,
                                    train_world_vae, vae_loss, vae_psnr, vae_terms, world_targets)
 from ginn.translator import Translator
 from ginn.world import make_world
