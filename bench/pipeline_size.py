@@ -1,6 +1,9 @@
 """Training and sampling speed at the size the embedded pipeline trains, ginn against the authors' code and,
 when installed, zuko's RealNVP and FrEIA's GLOW coupling stack (both optional: skipped if missing).
 
+`ginn_bf16` is ginn with the training step's matrix products in bfloat16 (`precision: bf16`, the default profile's
+setting); its sampling is float32 like everyone's.
+
 Size: z_Θ of 64, condition of 384, 6 flow blocks, coupling width 128 (depth 2), embedding 64, conditioning MLP
 of width 128 and depth 2 with BatchNorm. Every model uses the same optimiser, `ginn.train.make_optimizer`'s
 Adam (betas (0.5, 0.9), AMSGrad, fused). The models are timed interleaved in one process, in rounds, so that
@@ -103,6 +106,16 @@ def run(threads: int, batches, rounds: int, per_round: int, ginn_from: str | Non
     models = {"ginn": (tau, lambda z, c: tau.nll(z, c).mean(), lambda c: tau.sample(c)),
               "ref": (ref, lambda z, c: reference_loss(*ref(z, c)),
                       lambda c: ref.reverse(torch.randn(c.shape[0], SIZE["dim"]), c))}
+    try:                            # the bfloat16 training step (ginn.train.training_precision), when this ginn has it
+        from ginn.train import training_precision
+        tau16, _ = build_ginn_ref()
+
+        def bf16_loss(z, c):
+            with training_precision("bf16", torch.device("cpu")):
+                return tau16.nll(z, c).mean()
+        models["ginn_bf16"] = (tau16, bf16_loss, lambda c: tau16.sample(c))   # sampling stays float32
+    except ImportError:
+        pass
     for name, build in competitors(torch, mlp).items():
         models[name] = build()
     res = dict(threads=threads, ginn_module=str(Path(ginn.__file__).parent), size=SIZE,
@@ -153,7 +166,7 @@ def run(threads: int, batches, rounds: int, per_round: int, ginn_from: str | Non
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--batches", type=int, nargs="+", default=[128, 256, 512])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--per-round", type=int, default=3)
     p.add_argument("--label", default="after", help="key under which the run is stored (e.g. before / after)")

@@ -13,6 +13,7 @@ import yaml
 from .experts.embedded import ROLES, TRAINED_ROLES
 from .features import feature_name, parse_feature
 from .packaged import SPLITS
+from .train import PRECISIONS
 from .translator import KINDS
 
 # %% auto #0
@@ -163,7 +164,7 @@ def check_pixel(px: dict, dataset: str, where: str):
 
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "val_every", "patience", "cuts", "factor", "min_delta",
-              "ckpt_every")
+              "ckpt_every", "precision")
 
 
 def check_train(train: dict, where: str):
@@ -177,6 +178,9 @@ def check_train(train: dict, where: str):
         _fail(f"{where}.factor", f"must lie strictly between 0 and 1, got {train['factor']!r}")
     if "patience" in train and "val_every" not in train:
         _fail(where, "early stopping (patience) needs val_every, the steps between two validations")
+    if train.get("precision", "fp32") not in PRECISIONS:
+        _fail(f"{where}.precision", f"must be one of {PRECISIONS} (ginn.train.training_precision), "
+                                    f"got {train['precision']!r}")
 
 
 def experiment_notebook(name: str, root: str | Path = ".") -> Path:

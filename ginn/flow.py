@@ -100,12 +100,14 @@ class CouplingNets(nn.Module):
         self.t_out = Dense(hidden_dim, out_dim, slope=None)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        "Return `(s, t)`, each of shape `(batch, out_dim)`, for an input of shape `(batch, in_dim)`."
+        """Return `(s, t)`, each of shape `(batch, out_dim)` and of `x`'s dtype, for an input of shape `(batch, in_dim)`.
+        Under a bfloat16 autocast (`ginn.train.training_precision`) the matrix products run in bfloat16 and `s`, `t`
+        come back in `x`'s precision, so that the flow's variables and log-determinant stay in float32."""
         a = self.first(x)
         a_s, a_t = a[:, :self.hidden_dim], a[:, self.hidden_dim:]
         for layer_s, layer_t in zip(self.s_hidden, self.t_hidden):
             a_s, a_t = layer_s(a_s), layer_t(a_t)
-        return torch.tanh(self.s_out(a_s)), self.t_out(a_t)
+        return torch.tanh(self.s_out(a_s).to(x.dtype)), self.t_out(a_t).to(x.dtype)
 
 # %% ../nbs/00_flow.ipynb #c4fa8d95
 class ConditionalDoubleCoupling(nn.Module):

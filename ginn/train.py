@@ -21,10 +21,10 @@ from .metrics import conditional_nll
 from .translator import BaseTranslator, MLPTranslator, Translator
 
 # %% auto #0
-__all__ = ['ArrayLike', 'CHECKPOINT_NAME', 'as_source', 'rows', 'check_source', 'EpochBatches', 'training_loss', 'History',
-           'save_checkpoint', 'load_checkpoint', 'Plateau', 'final_gain', 'make_optimizer', 'resolve_device',
-           'learning_rate', 'checkpointer', 'end_of_step', 'finish_run', 'fit', 'linear_gaussian', 'bimodal_modes',
-           'bimodal', 'demo']
+__all__ = ['ArrayLike', 'PRECISIONS', 'CHECKPOINT_NAME', 'as_source', 'rows', 'check_source', 'EpochBatches', 'training_loss',
+           'training_precision', 'History', 'save_checkpoint', 'load_checkpoint', 'Plateau', 'final_gain',
+           'make_optimizer', 'resolve_device', 'learning_rate', 'checkpointer', 'end_of_step', 'finish_run', 'fit',
+           'linear_gaussian', 'bimodal_modes', 'bimodal', 'demo']
 
 # %% ../nbs/05_train.ipynb #cc4a3f43
 ArrayLike = "np.ndarray | Tensor | str | Path"
@@ -97,6 +97,16 @@ def training_loss(model, z_theta: Tensor, z_phi: Tensor) -> tuple[Tensor, float]
         return squared_error + variance_fit, squared_error.item()
     loss = model.nll(z_theta, z_phi).mean()
     return loss, loss.item()
+
+# %% ../nbs/05_train.ipynb #4612253a
+PRECISIONS = ("fp32", "bf16")
+
+
+def training_precision(precision: str, device: torch.device):
+    "The context of a training step's forward pass: bfloat16 autocast for `bf16`, nothing for `fp32`."
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 # %% ../nbs/05_train.ipynb #5f5351e6
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -295,7 +305,7 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         lr: float | None = None, val: tuple | None = None, val_every: int | None = None,
         warmup: int = 0, patience: int | None = None, cuts: int = 2, factor: float = 0.3, min_delta: float = 0.0,
         ckpt_dir: str | Path | None = None, ckpt_every: int = 1000, resume: bool = False, seed: int = 0,
-        device: str | torch.device = "auto", progress: bool = True) -> History:
+        device: str | torch.device = "auto", precision: str = "fp32", progress: bool = True) -> History:
     """Train `model` on pairs `(z_theta, z_phi)` for at most `steps` optimiser steps; return its `History`.
 
     A `Translator` minimises Eq. 4 (mean NLL in nats), an `MLPTranslator` squared error. `lr` defaults to
@@ -305,12 +315,14 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
     validation. With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end; `resume=True`
     continues from it and ends with the same weights as an uninterrupted run. A stochastic feature cache
     (`ginn.features.PosteriorSource`) is resampled at every step, z = mean + std·ε, as the authors' code does with
-    its posterior samples. The model is returned in eval mode."""
+    its posterior samples. `precision="bf16"` computes the training steps' matrix products in bfloat16
+    (`training_precision`); validation stays float32. The model is returned in eval mode."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     if patience is not None and val is None:
         raise ValueError("early stopping (patience) needs validation pairs: pass val=(z_theta_val, z_phi_val)")
     device = resolve_device(device)
+    training_precision(precision, device)                  # fails early on an unknown precision
     z_theta, z_phi = as_source(z_theta, "z_theta"), as_source(z_phi, "z_phi")
     if len(z_theta) != len(z_phi):
         raise ValueError(f"z_theta and z_phi must hold the same number of pairs, got {len(z_theta)} and {len(z_phi)}")
@@ -323,7 +335,7 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
     batches = EpochBatches(len(z_theta), batch_size, seed)
     model.to(device).train()
     optimizer = make_optimizer(model, lr, device)
-    settings = dict(batch_size=batch_size, lr=lr, seed=seed, n_pairs=len(z_theta))
+    settings = dict(batch_size=batch_size, lr=lr, seed=seed, n_pairs=len(z_theta), precision=precision)
     if plateau is not None or warmup:
         settings.update(warmup=warmup, val_every=val_every, patience=patience, cuts=cuts, factor=factor,
                         min_delta=min_delta)
@@ -343,8 +355,9 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         for group in optimizer.param_groups:
             group["lr"] = rate
         idx = batches(step)
-        loss, reported = training_loss(model, rows(z_theta, idx, step, seed).to(device),
-                                       rows(z_phi, idx, step, seed).to(device))
+        with training_precision(precision, device):
+            loss, reported = training_loss(model, rows(z_theta, idx, step, seed).to(device),
+                                           rows(z_phi, idx, step, seed).to(device))
         if not math.isfinite(reported) or not torch.isfinite(loss):
             last = history.checkpoint or "none (pass ckpt_dir to keep one)"
             raise FloatingPointError(f"non-finite loss ({reported}) at step {step}; last good checkpoint: {last}. "
