@@ -164,7 +164,7 @@ def check_pixel(px: dict, dataset: str, where: str):
 
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "val_every", "patience", "cuts", "factor", "min_delta",
-              "ckpt_every", "precision")
+              "ckpt_every", "anneal", "precision")
 
 
 def check_train(train: dict, where: str):
@@ -178,6 +178,8 @@ def check_train(train: dict, where: str):
         _fail(f"{where}.factor", f"must lie strictly between 0 and 1, got {train['factor']!r}")
     if "patience" in train and "val_every" not in train:
         _fail(where, "early stopping (patience) needs val_every, the steps between two validations")
+    if "anneal" in train and not (0 < train["anneal"] < 1 and "patience" in train):
+        _fail(f"{where}.anneal", f"must lie strictly between 0 and 1 and needs patience, got {train['anneal']!r}")
     if train.get("precision", "fp32") not in PRECISIONS:
         _fail(f"{where}.precision", f"must be one of {PRECISIONS} (ginn.train.training_precision), "
                                     f"got {train['precision']!r}")

@@ -67,7 +67,7 @@ def _run_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-SCHEDULE_KEYS = ("warmup", "val_every", "patience", "cuts", "factor", "min_delta", "precision")
+SCHEDULE_KEYS = ("warmup", "val_every", "patience", "cuts", "factor", "min_delta", "anneal", "precision")
 
 
 def curve_record(name: str, history) -> dict:

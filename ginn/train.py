@@ -98,7 +98,7 @@ def training_loss(model, z_theta: Tensor, z_phi: Tensor) -> tuple[Tensor, float]
     loss = model.nll(z_theta, z_phi).mean()
     return loss, loss.item()
 
-# %% ../nbs/05_train.ipynb #4612253a
+# %% ../nbs/05_train.ipynb #45989527
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -205,6 +205,13 @@ class Plateau:
             return "cut"
         return "stop"
 
+    def anneal(self) -> bool:
+        "Cut the learning rate now if the rule has not cut it yet and may cut (`fit`'s `anneal`); True if it did."
+        if self.cut > 0 or self.cuts == 0:
+            return False
+        self.cut, self.wait, self.scale = 1, 0, self.scale * self.factor
+        return True
+
     _STATE = ("best", "reference", "best_step", "wait", "cut", "scale")
 
     def state_dict(self) -> dict:
@@ -304,6 +311,7 @@ def finish_run(history: History, plateau: Plateau | None, model):
 def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         lr: float | None = None, val: tuple | None = None, val_every: int | None = None,
         warmup: int = 0, patience: int | None = None, cuts: int = 2, factor: float = 0.3, min_delta: float = 0.0,
+        anneal: float | None = None,
         ckpt_dir: str | Path | None = None, ckpt_every: int = 1000, resume: bool = False, seed: int = 0,
         device: str | torch.device = "auto", precision: str = "fp32", progress: bool = True) -> History:
     """Train `model` on pairs `(z_theta, z_phi)` for at most `steps` optimiser steps; return its `History`.
@@ -312,7 +320,8 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
     `batch_size * 4.5e-6`, reached after a linear `warmup`. `val=(z_theta_val, z_phi_val)` is evaluated every
     `val_every` steps (default: 10 times per run). With `patience` (and `val`), the run stops early on a plateau of
     the validation NLL (`Plateau`: `cuts` learning-rate cuts by `factor` first) and returns the weights of its best
-    validation. With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end; `resume=True`
+    validation; with `anneal`, a run that has not cut its learning rate by step `anneal · steps` cuts it there
+    (`Plateau.anneal`). With `ckpt_dir`, a checkpoint is written every `ckpt_every` steps and at the end; `resume=True`
     continues from it and ends with the same weights as an uninterrupted run. A stochastic feature cache
     (`ginn.features.PosteriorSource`) is resampled at every step, z = mean + std·ε, as the authors' code does with
     its posterior samples. `precision="bf16"` computes the training steps' matrix products in bfloat16
@@ -321,6 +330,9 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
         raise ValueError(f"steps must be positive, got {steps}")
     if patience is not None and val is None:
         raise ValueError("early stopping (patience) needs validation pairs: pass val=(z_theta_val, z_phi_val)")
+    if anneal is not None and (patience is None or not 0 < anneal < 1):
+        raise ValueError(f"anneal is the fraction of the cap (0 < anneal < 1) at which the stopping rule cuts the "
+                         f"learning rate, so it needs patience; got anneal={anneal}, patience={patience}")
     device = resolve_device(device)
     training_precision(precision, device)                  # fails early on an unknown precision
     z_theta, z_phi = as_source(z_theta, "z_theta"), as_source(z_phi, "z_phi")
@@ -338,7 +350,7 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
     settings = dict(batch_size=batch_size, lr=lr, seed=seed, n_pairs=len(z_theta), precision=precision)
     if plateau is not None or warmup:
         settings.update(warmup=warmup, val_every=val_every, patience=patience, cuts=cuts, factor=factor,
-                        min_delta=min_delta)
+                        min_delta=min_delta, anneal=anneal)
     ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME if ckpt_dir is not None else None
     start, history = 0, History()
     if resume:
@@ -350,7 +362,10 @@ def fit(model: BaseTranslator, z_theta, z_phi, *, steps: int, batch_size: int,
             history.stopped = None
     save = checkpointer(ckpt_path, model, optimizer, settings, history, plateau)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=type(model).__name__)
+    anneal_step = None if anneal is None else int(anneal * steps)
     for step in bar if history.stopped is None else ():
+        if step == anneal_step:
+            plateau.anneal()
         rate = learning_rate(step, lr, warmup, plateau.scale if plateau else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = rate

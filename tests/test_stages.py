@@ -129,6 +129,7 @@ def break_params(mutate):
     (lambda p: p["diagnosis"]["translator"]["train"].update(steps=-5), r"train.steps: must be a positive integer"),
     (lambda p: p["diagnosis"]["translator"]["train"].update(precision="fp16"),
      r"train.precision: must be one of \('fp32', 'bf16'\)"),
+    (lambda p: p["diagnosis"]["translator"]["train"].update(anneal=1.5), r"train.anneal: must lie strictly between 0 and 1"),
     (lambda p: p["diagnosis"]["translator"].update(models=["gan"]), "models: must list some of cinn, mlp"),
     (lambda p: p["extract"].update(mnist=["world_vae"]), "expert 'world_vae' reads 'world', not 'mnist'"),
     (lambda p: p["colourize"]["translator"]["pixel"].update(task="sketch"), r"pixel.task: must be one of colourize, daynight"),

@@ -237,6 +237,44 @@ def test_early_stopping_ends_a_run_on_its_plateau_with_its_best_weights(data):
     assert hist.lr[0] == pytest.approx(3e-3) and hist.lr[-1] == pytest.approx(3e-3 * 0.3)     # one cut happened
 
 
+def test_anneal_cuts_a_capped_run_once_at_its_point_and_leaves_a_run_that_cut(data):
+    val = (data["z_theta"][:128], data["z_phi"][:128])
+    kw = dict(batch_size=64, lr=3e-3, val=val, val_every=10, patience=50, cuts=1, factor=0.3, progress=False)
+    capped = fit(small_translator(), data["z_theta"], data["z_phi"], steps=100, anneal=0.7, **kw)
+    plain = fit(small_translator(), data["z_theta"], data["z_phi"], steps=100, **kw)
+    assert capped.lr == [3e-3] * 7 + [pytest.approx(9e-4)] * 3            # validations at 10..100: cut at step 70
+    assert plain.lr == [3e-3] * 10                                      # patience 50: the rule alone never cuts
+    assert capped.val_nll[:7] == plain.val_nll[:7] and capped.val_nll[7:] != plain.val_nll[7:]
+    early = dict(kw, patience=2)                                       # a rule that cuts before the anneal point
+    ran = fit(small_translator(), data["z_theta"], data["z_phi"], steps=3000, anneal=0.9, **early)
+    assert ran.stopped == "plateau" and min(ran.lr) == pytest.approx(9e-4)   # one cut only, from the rule
+    with pytest.raises(ValueError, match="anneal is the fraction of the cap"):
+        fit(small_translator(), data["z_theta"], data["z_phi"], steps=10, batch_size=64, anneal=0.5, progress=False)
+
+
+def test_an_interrupted_annealed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    import ginn.train as train
+    val = (data["z_theta"][:128], data["z_phi"][:128])
+    kw = dict(steps=40, batch_size=64, lr=3e-3, val=val, val_every=5, patience=50, cuts=1, anneal=0.5, seed=2,
+              ckpt_every=5, precision="bf16", progress=False)
+    straight = small_translator()
+    hist = fit(straight, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "a", **kw)
+    real_loss, calls = train.training_loss, {"n": 0}
+    def interrupting_loss(*a):
+        calls["n"] += 1
+        if calls["n"] == 23:                        # after the anneal point (step 20) and its checkpoint
+            raise KeyboardInterrupt
+        return real_loss(*a)
+    monkeypatch.setattr(train, "training_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_translator(), data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", **kw)
+    monkeypatch.setattr(train, "training_loss", real_loss)
+    resumed = small_translator()
+    again = fit(resumed, data["z_theta"], data["z_phi"], ckpt_dir=tmp_path / "b", resume=True, **kw)
+    assert (again.lr, again.val_nll) == (hist.lr, hist.val_nll)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in straight.state_dict().items())
+
+
 def test_warmup_rises_linearly():
     assert [learning_rate(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert learning_rate(10, 1.0, 0, scale=0.1) == pytest.approx(0.1)
