@@ -145,7 +145,9 @@ PIXEL_KEYS = ("task", "models", "seeds", "train")
 def check_pixel(px: dict, dataset: str, where: str):
     """Check a translator section's `pixel` section (the pixel-space runs of the seed baseline of Ardizzone et al.,
     `ginn.baselines.pixel_cinn`): `task` names its data (`PIXEL_TASKS`), `models` maps run names to network settings, `seeds` lists integers, `train`
-    has at least `steps` and `batch_size`. The settings themselves are checked when the network is built."""
+    has at least `steps` and `batch_size`. A run's settings may hold its own `train`, keys of `PIXEL_TRAIN_KEYS` that
+    replace the section's for that run (an ablation's shorter step cap, `noise: false`). The network settings
+    themselves are checked when the network is built."""
     if not isinstance(px, dict) or sorted(px) != sorted(PIXEL_KEYS):
         _fail(where, f"must be a mapping with exactly the keys {', '.join(PIXEL_KEYS)}, got {px!r}")
     if dataset != "world":
@@ -161,6 +163,17 @@ def check_pixel(px: dict, dataset: str, where: str):
     if unknown:
         _fail(f"{where}.train", f"unknown key(s) {unknown}; it takes {', '.join(PIXEL_TRAIN_KEYS)}")
     _positive_ints(px["train"], f"{where}.train", ("steps", "batch_size"))
+    for name, settings in px["models"].items():
+        own, at = settings.get("train", {}), f"{where}.models.{name}.train"
+        if not isinstance(own, dict):
+            _fail(at, f"must be a mapping of training settings that replace {where}.train's, got {own!r}")
+        unknown = sorted(set(own) - set(PIXEL_TRAIN_KEYS))
+        if unknown:
+            _fail(at, f"unknown key(s) {unknown}; it takes {', '.join(PIXEL_TRAIN_KEYS)}")
+        _positive_ints(own, at, tuple(k for k in ("steps", "batch_size", "val_every", "n_val") if k in own))
+        noise = {**px["train"], **own}.get("noise", True)
+        if not isinstance(noise, bool):
+            _fail(f"{at if 'noise' in own else where + '.train'}.noise", f"must be true or false, got {noise!r}")
 
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "val_every", "patience", "cuts", "factor", "min_delta",

@@ -148,14 +148,15 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
                   ckpt_every=train.get("ckpt_every", 500), resume=resume, seed=seed, device=device,
                   progress=progress, **{k: train[k] for k in SCHEDULE_KEYS if k in train})
     model.cpu().save(layout.translators(experiment) / f"{name}.safetensors")
+    seconds, parameters = round(time.perf_counter() - start, 2), sum(p.numel() for p in model.parameters())
     curves = curve_record(name, history)
+    curves.update(seconds=seconds, parameters=parameters)   # what the reports print per row (not in the model file)
     write_json(curves, layout.curves(experiment) / f"{name}.json")
     shutil.rmtree(ckpt, ignore_errors=True)
     return dict(condition=condition, kind=kind, seed=seed, steps=history.step[-1], best_step=history.best_step,
                 stopped=history.stopped, final_gain=curves["final_gain"], resumed=resume,
-                seconds=round(time.perf_counter() - start, 2), final_loss=history.loss[-1],
-                val_nll=min(history.val_nll) if history.val_nll else None,
-                parameters=sum(p.numel() for p in model.parameters()))
+                seconds=seconds, final_loss=history.loss[-1],
+                val_nll=min(history.val_nll) if history.val_nll else None, parameters=parameters)
 
 
 # %% ../nbs/07a_runs.ipynb #be59dff4

@@ -12,6 +12,8 @@ from ginn.baselines.pixel_cinn import (TOY_COLOURS, ConditionalCoupling, HaarDow
                                        bits_per_dim, colour_sets, colour_scores, conv_subnet, dequantize,
                                        evaluate_pixel_cinn, fc_subnet, grey8, grey8_level, latent_scaling,
                                        quantize, randomize_, sample_many, toy_colourize, train_pixel_cinn)
+from ginn.baselines.pixel_cinn import (PALETTE_THRESHOLD, colour_coherence, nearest_palette, off_palette_error,
+                                       pixel_train_settings, val_bits_at)
 from ginn.world import COLOUR_RGB, COLOURS, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -273,6 +275,59 @@ def test_colour_scores_on_a_known_case():
     scores = colour_scores(sampled, np.array([red, purple, yellow]))
     assert scores["consistency"] == 1.0 and scores["coverage"] == 0.5 and scores["determinism"] == 1.0
     assert scores["balance"] == pytest.approx(0.5 * (abs(12 / 16 - 0.5) + abs(4 / 16 - 0.5)))
+
+
+def test_palette_threshold_separates_the_palette():
+    rgb = COLOUR_RGB.astype(float)
+    gaps = np.sqrt(((rgb[:, None] - rgb[None]) ** 2).sum(-1))[np.triu_indices(len(rgb), 1)]
+    assert PALETTE_THRESHOLD == pytest.approx(gaps.min() / 2)
+    index, distance = nearest_palette(COLOUR_RGB)                  # every palette colour is its own nearest
+    assert (index == np.arange(len(COLOURS))).all() and (distance == 0).all()
+
+
+def test_off_palette_error_and_coherence_on_known_images():
+    red, blue, green = (COLOURS.index(c) for c in ("red", "blue", "green"))
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    masks = np.zeros((4, 8, 8), bool)
+    masks[:, 1:7, 1:7] = True                                      # 36 pixels; the 16 inner ones count
+    images[:, 1:7, 1:7] = COLOUR_RGB[red]
+    images[1, 2:4, 2:6] = COLOUR_RGB[blue]                         # 8 of 16 inner pixels blue: a tie, majority 8
+    images[1, 4, 2:6] = COLOUR_RGB[green]                          # 4 green: red 4, blue 8, green 4
+    images[2, 2:6, 2:6] = 128                                      # grey inner pixels: off the palette
+    images[3, 2:6, 2:6] = COLOUR_RGB[red] - np.array([math.ceil(PALETTE_THRESHOLD) - 1, 0, 0], np.uint8)   # still red
+    assert off_palette_error(images, masks).tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert colour_coherence(images, masks).tolist() == [1.0, 0.5, 1.0, 1.0]
+    assert off_palette_error(images, masks, erode=False)[2] == pytest.approx(16 / 36)
+    assert colour_coherence(images, masks, erode=False)[1] == pytest.approx(24 / 36)   # red 24 of 36
+    shifted = images[3:4].astype(float) - [2, 0, 0]               # pushed past the threshold: off the palette
+    assert off_palette_error(shifted, masks[3:4])[0] == 1.0
+    assert np.isnan(colour_coherence(images, np.zeros_like(masks))).all()
+
+
+def test_true_world_objects_are_on_the_palette_and_coherent():
+    world = make_world(40, seed=3, max_objects=1)
+    masks = world.labels > 0
+    has = masks.any((1, 2))
+    assert has.any()
+    # inside the eroded mask the true renders are (nearly: a thin arm's blended core can remain) the palette colour
+    assert np.nanmean(off_palette_error(world.image[has], masks[has])) < 0.01
+    assert np.nanmean(colour_coherence(world.image[has], masks[has])) > 0.99
+    assert np.nanmean(off_palette_error(world.image[has], masks[has], erode=False)) > 0.05   # the antialiased rim
+
+
+def test_run_train_settings_and_bits_at_a_step():
+    px = {"train": {"steps": 800, "lr": 1e-3}, "models": {"a": {"phi": "joint"}, "b": {"train": {"steps": 300, "noise": False}}}}
+    assert pixel_train_settings(px, "a") == {"steps": 800, "lr": 1e-3}
+    assert pixel_train_settings(px, "b") == {"steps": 300, "lr": 1e-3, "noise": False}
+    model = build_pixel_model(px["models"]["b"] | {"blocks": [1], "hidden": [4], "fc_blocks": 1, "fc_hidden": 8,
+                                                   "cond_widths": [4], "cond_flat": 4}, 3, 4, 1, 0)
+    assert isinstance(model, PixelCINN)                            # a run's `train` is no network argument
+    with pytest.raises(ValueError, match="unknown train key"):
+        pixel_train_settings({"train": {}, "models": {"c": {"train": {"epochs": 1}}}}, "c")
+    curves = {"step": [100, 200, 300], "val_nll": [-100.0, -200.0, -300.0]}
+    assert val_bits_at(curves, 250, 10) == pytest.approx(bits_per_dim(-20.0))
+    assert val_bits_at(curves, 300, 10) == pytest.approx(bits_per_dim(-30.0))
+    assert val_bits_at(curves, 50, 10) is None
 
 
 # ---------------------------------------------------------------- the regression CNN and saved runs

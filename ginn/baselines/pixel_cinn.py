@@ -23,14 +23,15 @@ from ..train import (CHECKPOINT_NAME, EpochBatches, History, Plateau, checkpoint
 from ..world import COLOUR_RGB, COLOURS, grey8, grey8_level   # grey8: the world's derived input
 
 # %% auto #0
-__all__ = ['PHI_MODES', 'LEVELS', 'TOY_COLOURS', 'PIXEL_FORMAT', 'PIXEL_TRAIN_KEYS', 'PIXEL_NETWORKS', 'PIXEL_TASKS', 'SoftClamp',
-           'conv_subnet', 'fc_subnet', 'ConditionalCoupling', 'randomize_', 'haar_filters', 'HaarDownsample', 'Squeeze',
-           'CouplingStep', 'ConditionNet', 'PixelCINN', 'count_parameters', 'nll', 'bits_per_dim', 'to_chw',
-           'dequantize', 'quantize', 'step_decay', 'evaluate_pixel_cinn', 'train_pixel_cinn', 'toy_colourize',
-           'sample_many', 'typical_latents', 'latent_scaling', 'colour_transfer', 'colour_sets', 'allowed_colours',
-           'object_colour', 'colour_scores', 'RegressionCNN', 'pixel_runs', 'pixel_run_name', 'build_pixel_model',
-           'save_pixel_cinn', 'load_pixel_cinn', 'colourize_pairs', 'daynight_pairs', 'task_pairs', 'train_pixel_run',
-           'load_pixel_run', 'pixel_run_summaries', 'pixel_convergence_figure']
+__all__ = ['PHI_MODES', 'LEVELS', 'TOY_COLOURS', 'PALETTE_THRESHOLD', 'PIXEL_FORMAT', 'PIXEL_TRAIN_KEYS', 'PIXEL_NETWORKS',
+           'PIXEL_TASKS', 'SoftClamp', 'conv_subnet', 'fc_subnet', 'ConditionalCoupling', 'randomize_', 'haar_filters',
+           'HaarDownsample', 'Squeeze', 'CouplingStep', 'ConditionNet', 'PixelCINN', 'count_parameters', 'nll',
+           'bits_per_dim', 'to_chw', 'dequantize', 'quantize', 'step_decay', 'evaluate_pixel_cinn', 'train_pixel_cinn',
+           'toy_colourize', 'sample_many', 'typical_latents', 'latent_scaling', 'colour_transfer', 'colour_sets',
+           'allowed_colours', 'object_colour', 'colour_scores', 'nearest_palette', 'off_palette_error',
+           'colour_coherence', 'RegressionCNN', 'pixel_train_settings', 'pixel_runs', 'pixel_run_name',
+           'build_pixel_model', 'save_pixel_cinn', 'load_pixel_cinn', 'colourize_pairs', 'daynight_pairs', 'task_pairs',
+           'train_pixel_run', 'load_pixel_run', 'pixel_run_summaries', 'val_bits_at', 'pixel_convergence_figure']
 
 # %% ../../nbs/09_pixel_cinn.ipynb #ad4c4634
 class SoftClamp(nn.Module):
@@ -551,6 +552,58 @@ def colour_scores(sampled: np.ndarray, true_colour: np.ndarray) -> dict:
                 if (~ambiguous).any() else nan,
                 balance=float(np.mean(tv)) if tv else nan)
 
+
+def _palette_gaps() -> np.ndarray:
+    "Euclidean RGB distances between every two palette colours (`COLOUR_RGB`)."
+    rgb = COLOUR_RGB.astype(np.float64)
+    d = np.sqrt(((rgb[:, None] - rgb[None]) ** 2).sum(-1))
+    return d[np.triu_indices(len(rgb), 1)]
+
+
+# A pixel is off the palette when it lies farther than half the smallest gap between two palette colours from every
+# one of them: the balls of that radius around the colours do not overlap, so a pixel inside one is unambiguously
+# that colour, and one outside all is a blend no object of the world is drawn with.
+PALETTE_THRESHOLD = float(_palette_gaps().min() / 2)
+
+
+def nearest_palette(images) -> tuple[np.ndarray, np.ndarray]:
+    "`(index, distance)`: the nearest palette colour of every pixel of RGB `images` (..., 3) in 0-255, and its distance."
+    x = np.asarray(images, dtype=np.float64)
+    d = np.sqrt(((x[..., None, :] - COLOUR_RGB.astype(np.float64)) ** 2).sum(-1))
+    return d.argmin(-1), d.min(-1)
+
+
+def _object_pixels(masks, erode: bool) -> np.ndarray:
+    "The (eroded, where erosion leaves any pixel) boolean object masks (n, h, w)."
+    masks = np.asarray(masks, dtype=bool)
+    if not erode:
+        return masks
+    inner = _erode(masks)
+    return np.where(inner.any((1, 2))[:, None, None], inner, masks)
+
+
+def off_palette_error(images, masks, threshold: float = PALETTE_THRESHOLD, erode: bool = True) -> np.ndarray:
+    """Per image, the share of object pixels (`masks` (n, h, w), eroded by one pixel: the antialiased rim is a blend
+    with the background by construction) farther than `threshold` from every palette colour; `images` (n, h, w, 3)
+    RGB in 0-255. NaN for an image without object pixels."""
+    use = _object_pixels(masks, erode)
+    far = nearest_palette(images)[1] > threshold
+    count = use.sum((1, 2))
+    return np.where(count > 0, (far & use).sum((1, 2)) / np.maximum(count, 1), np.nan)
+
+
+def colour_coherence(images, masks, erode: bool = True) -> np.ndarray:
+    """Per image, the share of object pixels (`masks` (n, h, w), eroded as in `off_palette_error`) whose nearest
+    palette colour is the object's majority colour (the most frequent nearest palette colour among them); `images`
+    (n, h, w, 3) RGB in 0-255. 1 for an object of one colour; NaN for an image without object pixels."""
+    use = _object_pixels(masks, erode)
+    index = nearest_palette(images)[0]
+    out = np.full(len(use), np.nan)
+    for i, (idx, m) in enumerate(zip(index, use)):
+        if m.any():
+            out[i] = np.bincount(idx[m], minlength=len(COLOUR_RGB)).max() / m.sum()
+    return out
+
 # %% ../../nbs/09_pixel_cinn.ipynb #15a16191
 class RegressionCNN(nn.Module):
     """Table 1's CNN: x̂ = net(y), a stack of 3x3 convolutions at full resolution with a sigmoid output, trained as the
@@ -594,7 +647,17 @@ class RegressionCNN(nn.Module):
 # %% ../../nbs/09_pixel_cinn.ipynb #ed8af816
 PIXEL_FORMAT = "ginn-pixel-cinn-1"
 PIXEL_TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay", "milestones", "val_every", "patience", "cuts",
-                    "factor", "n_val", "ckpt_every")
+                    "factor", "n_val", "ckpt_every", "noise")   # noise: false trains on the bin centres (no dequantisation)
+
+
+def pixel_train_settings(px: dict, name: str) -> dict:
+    """The training settings of pixel-space run `name` of a `pixel` section: the section's `train`, updated by the
+    run's own `train` (e.g. a shorter step cap or `noise: false` for an ablation)."""
+    own = px["models"][name].get("train") or {}
+    unknown = sorted(set(own) - set(PIXEL_TRAIN_KEYS))
+    if unknown:
+        raise ValueError(f"pixel run {name!r}: unknown train key(s) {unknown}; it takes {', '.join(PIXEL_TRAIN_KEYS)}")
+    return {**px["train"], **own}
 
 
 def pixel_runs(tr: dict) -> list[tuple[str, int]]:
@@ -614,6 +677,7 @@ PIXEL_NETWORKS = {"cinn": PixelCINN, "regression": RegressionCNN}   # a run's `n
 def build_pixel_model(settings: dict, channels: int, size: int, cond_channels: int, seed: int) -> nn.Module:
     "The network a pixel-space run's settings describe: `network` (default `cinn`) picks the class, the rest are its arguments."
     settings = dict(settings)
+    settings.pop("train", None)                             # the run's training overrides (`pixel_train_settings`)
     network = settings.pop("network", "cinn")
     if network not in PIXEL_NETWORKS:
         raise ValueError(f"network must be one of {', '.join(PIXEL_NETWORKS)}, got {network!r}")
@@ -671,12 +735,12 @@ def train_pixel_run(tr: dict, layout, experiment: str, name: str, seed: int, dev
     from ginn.runs import curve_record
     from ginn.world import load_world
     px, run = tr["pixel"], pixel_run_name(name, seed)
-    train = dict(px["train"])
+    train = pixel_train_settings(px, name)
     images, conditions = task_pairs(px["task"], load_world(layout.data("world", "train")))
     val_images, val_conditions = task_pairs(px["task"], load_world(layout.data("world", "val"))[: train.pop("n_val", 500)])
     cond_channels = 1 if conditions.ndim == 3 else conditions.shape[1]
     model = build_pixel_model(px["models"][name], images.shape[-1], images.shape[1], cond_channels, seed)
-    settings = json.dumps([px["task"], px["models"][name], px["train"], seed], sort_keys=True)   # a changed run starts afresh
+    settings = json.dumps([px["task"], px["models"][name], train, seed], sort_keys=True)   # a changed run starts afresh
     ckpt = layout.checkpoints(experiment) / f"{run}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
     resume = (ckpt / CHECKPOINT_NAME).is_file()
     if "milestones" in train:
@@ -685,12 +749,14 @@ def train_pixel_run(tr: dict, layout, experiment: str, name: str, seed: int, dev
     history = train_pixel_cinn(model, images, conditions, val=(val_images, val_conditions), ckpt_dir=ckpt,
                                resume=resume, seed=seed, device=device, progress=False, **train)
     save_pixel_cinn(model.cpu(), layout.translators(experiment) / f"{run}.safetensors")
+    seconds = round(time.perf_counter() - start, 2)
     curves = curve_record(run, history)
+    curves.update(seconds=seconds, parameters=count_parameters(model))   # wall seconds: in the curves, not the model file
     write_json(curves, layout.curves(experiment) / f"{run}.json")
     shutil.rmtree(ckpt, ignore_errors=True)
     return dict(name=run, condition=px["task"], kind=name, seed=seed, steps=history.step[-1],
                 best_step=history.best_step, stopped=history.stopped, final_gain=curves["final_gain"],
-                resumed=resume, seconds=round(time.perf_counter() - start, 2), final_loss=history.loss[-1],
+                resumed=resume, seconds=seconds, final_loss=history.loss[-1],
                 val_nll=min(history.val_nll) if history.val_nll else None,
                 parameters=count_parameters(model))
 
@@ -704,15 +770,25 @@ def load_pixel_run(layout, experiment: str, name: str, seed: int) -> nn.Module:
 
 
 def pixel_run_summaries(layout, experiment: str, tr: dict) -> dict:
-    "`{run: {steps, stopped, best_step, best_val_nll, final_gain}}` of every pixel-space run, from its curves."
+    """`{run: {steps, stopped, best_step, best_val_nll, final_gain, seconds, parameters}}` of every pixel-space run,
+    from its curves (`seconds`: the wall seconds of its training, None in curves written before they were recorded)."""
     from ginn.runs import read_curves
     out = {}
     for name, seed in pixel_runs(tr):
         run = pixel_run_name(name, seed)
-        h = read_curves(layout.curves(experiment) / f"{run}.json")
+        path = layout.curves(experiment) / f"{run}.json"
+        h, extra = read_curves(path), json.loads(Path(path).read_text())
         out[run] = {"steps": h["steps"], "stopped": h["stopped"], "best_step": h["best_step"],
-                    "best_val_nll": min(h["val_nll"]) if h["val_nll"] else None, "final_gain": h["final_gain"]}
+                    "best_val_nll": min(h["val_nll"]) if h["val_nll"] else None, "final_gain": h["final_gain"],
+                    "seconds": extra.get("seconds"), "parameters": extra.get("parameters")}
     return out
+
+
+def val_bits_at(curves: dict, step: int, dim: int) -> float | None:
+    """Bits per dimension of a run's validation NLL (`curves` as `ginn.runs.read_curves` returns them, nats per
+    image of `dim` dimensions) at its last validation at or before `step`; None if it has none by then."""
+    at = [v for s, v in zip(curves["step"], curves["val_nll"]) if s <= step]
+    return float(bits_per_dim(at[-1] / dim)) if at else None
 
 
 def pixel_convergence_figure(layout, experiment: str, tr: dict, labels: dict | None = None):
