@@ -150,7 +150,8 @@ def train_run(tr: dict, layout: Layout, experiment: str, condition: str, kind: s
     model.cpu().save(layout.translators(experiment) / f"{name}.safetensors")
     seconds, parameters = round(time.perf_counter() - start, 2), sum(p.numel() for p in model.parameters())
     curves = curve_record(name, history)
-    curves.update(seconds=seconds, parameters=parameters)   # what the reports print per row (not in the model file)
+    curves["parameters"] = parameters       # what the reports print per row; wall seconds only in the stage's log and
+                                            # its summary, so that the curves (dvc.lock) stay byte-reproducible
     write_json(curves, layout.curves(experiment) / f"{name}.json")
     shutil.rmtree(ckpt, ignore_errors=True)
     return dict(condition=condition, kind=kind, seed=seed, steps=history.step[-1], best_step=history.best_step,
