@@ -232,9 +232,12 @@ def write_params(layout: Layout, params: dict):
 
 
 # The interrupted command saves its first checkpoint, says so, and then waits to be interrupted: the SIGINT always
-# lands mid-run, whatever the machine's speed (racing a running job against the clock made this test flaky).
+# lands mid-run, whatever the machine's speed (racing a running job against the clock made this test flaky). It
+# restores Python's Ctrl-C handler first: a suite started in the background (`pytest ... &`) inherits an ignored
+# SIGINT, and Python then installs no KeyboardInterrupt, so the child slept through the signal.
 WAIT_AFTER_FIRST_CHECKPOINT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import ginn.train
 from ginn.pipeline import main
 save = ginn.train.save_checkpoint
