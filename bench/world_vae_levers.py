@@ -10,6 +10,10 @@ the first 1,000 test scenes. The changes:
 - `--ensemble K`: the perceptual maps of K world classifiers (the pipeline's and K-1 more of its recipe, seeds
   101, 102, ..., by `ginn.experts.embedded.reseeded_classifier`), so that g cannot match one network's features
   without the shape;
+- `--taps early,middle,last`: the classifiers' taps whose maps g's loss reads (default `middle,last`);
+- `--jitter J`: every step, image and reconstruction are shifted by one random offset of up to J pixels before the
+  perceptual network reads them (the real maps are then computed each step), so that a texture which matches one
+  alignment of the frozen network's features does not pay;
 - `--width`, `--latent`, `--epochs`, `--lr`, `--clip` (0: no clipping).
 
 Needs `dvc repro train_experts` first (the world data, the world classifier, the oracle). Prints a progress line
@@ -55,6 +59,10 @@ def arguments():
     p.add_argument("--n", type=int, default=20000, help="training scenes")
     p.add_argument("--n_test", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--taps", default="middle,last", help="the classifiers' taps whose maps g's loss reads")
+    p.add_argument("--jitter", type=int, default=0,
+                   help="shift image and reconstruction by the same random offset of up to this many pixels "
+                        "(reflect-padded) before the perceptual network reads them, every step")
     return p.parse_args()
 
 
@@ -84,6 +92,22 @@ def reconstruction_terms(vae, x, features, real):
     return vae_terms(x, *vae._posterior(x), vae._decode, features, 1.0, real)
 
 
+class Jittered:
+    "`features` read through one random shift of up to `j` pixels (reflect padding), the same for every call until `draw`."
+
+    def __init__(self, features, j: int, seed: int = 0):
+        self.features, self.j, self.g = features, j, torch.Generator().manual_seed(seed)
+        self.dx = self.dy = 0
+
+    def draw(self):
+        self.dx, self.dy = (int(v) for v in torch.randint(-self.j, self.j + 1, (2,), generator=self.g))
+
+    def __call__(self, x):
+        j, s = self.j, x.shape[-1]
+        padded = F.pad(x, (j, j, j, j), mode="reflect")
+        return self.features(padded[..., j + self.dy:j + self.dy + s, j + self.dx:j + self.dx + s])
+
+
 def adaptive_weight(rec, gan, last, cap: float) -> float:
     "Eq. 17: ‖∇_{Λ_L} L_rec‖ / (‖∇_{Λ_L} L_GAN‖ + δ) at the decoder's last layer, capped."
     g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0].norm()
@@ -107,7 +131,9 @@ def train(a, vae, data, features, real):
         for k in range(per_epoch):
             step, idx = epoch * per_epoch + k, perm[k * batch:(k + 1) * batch]
             x = to_input(data[idx])
-            y, rec, kl, mse = reconstruction_terms(vae, x, features, [r[idx] for r in real])
+            if isinstance(features, Jittered):
+                features.draw()
+            y, rec, kl, mse = reconstruction_terms(vae, x, features, None if real is None else [r[idx] for r in real])
             loss, gan_on = rec + kl, a.gan > 0 and step >= gan_start
             if gan_on:
                 critic.eval()                       # the generator's pass: BatchNorm's running statistics
@@ -136,9 +162,9 @@ def train(a, vae, data, features, real):
     return time.time() - t0
 
 
-def perceptual_maps(which: str, classifiers, segmenter):
+def perceptual_maps(which: str, classifiers, segmenter, taps=("middle", "last")):
     "images → the list of frozen feature maps whose errors g's loss measures."
-    from_classifiers = perceptual_features(classifiers, ("middle", "last"))
+    from_classifiers = perceptual_features(classifiers, taps)
 
     def features(x):
         maps = from_classifiers(x) if which != "segmenter" else []
@@ -156,10 +182,15 @@ def main():
     classifiers = [classifier] + [reseeded_classifier(classifier, world[:a.n], 100 + k, progress=False)
                                   for k in range(1, a.ensemble)]
     features = perceptual_maps(a.perceptual, classifiers,
-                               load_expert(ROOT / "models/experts/world_segmenter.safetensors"))
+                               load_expert(ROOT / "models/experts/world_segmenter.safetensors"), tuple(a.taps.split(",")))
+    real = None
+    if a.jitter:
+        features = Jittered(features, a.jitter)
+    else:
+        real = _feature_targets(features, data)
     vae = make_vae(a)
     with _unfrozen(vae):
-        seconds = train(a, vae, data, features, _feature_targets(features, data))
+        seconds = train(a, vae, data, features, real)
     oracle = load_expert(ROOT / "models/experts/oracle.safetensors")
     result = reconstruction_accuracy(vae, oracle, test)
     result["psnr"] = vae_psnr(vae, test.image)

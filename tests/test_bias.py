@@ -1,13 +1,14 @@
 """The UDIT parts of `ginn.baselines.domain_translation` (the `bias` experiment): the biased split, the bottleneck
-width rule of the semantic extractor, MUNIT's shapes, the settings of a section."""
+width rule of the semantic extractor, MUNIT's shapes and its pooling indices, resuming an adversarial run, the
+settings of a section."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from ginn.baselines.domain_translation import (COOL, MUNIT, WARM, biased_split, bottleneck_width,
-                                                check_domain_translation, domain_translation_runs)
+from ginn.baselines.domain_translation import (COOL, MUNIT, WARM, LoopCheckpoint, MUNITDomain, _loop, biased_split,
+                                                bottleneck_width, check_domain_translation, domain_translation_runs)
 from ginn.world import COLOURS, SCENES
 
 
@@ -48,6 +49,60 @@ def test_munit_translates_with_a_drawn_or_given_style():
     assert torch.equal(model.translate(e, "b", generator=g()), model.translate(e, "b", generator=g()))
     s = torch.randn(3, 8)
     assert not torch.allclose(model.translate(e, "b", s), model.translate(e, "b", s + 1))
+
+
+def test_pooling_indices_are_the_side_information_the_decoder_unpools_with():
+    torch.manual_seed(0)
+    pi, plain = MUNITDomain((16, 4, 4), width=8, blocks=1, pi=True), MUNITDomain((16, 4, 4), width=8, blocks=1)
+    e, style = torch.randn(3, 16, 4, 4), torch.randn(3, 8)
+    content, indices = pi.encode(e)
+    assert content.shape == (3, 8, 2, 2) and indices.shape == (3, 8, 2, 2)   # half as wide, and where the maxima were
+    assert plain.encode(e)[0].shape == (3, 8, 4, 4) and plain.encode(e)[1] is None
+    assert pi.decode(content, style, indices).shape == e.shape
+    moved = indices ^ 1                                        # the same maxima, each one column over
+    assert not torch.allclose(pi.decode(content, style, indices), pi.decode(content, style, moved))
+    with pytest.raises(ValueError, match="pooling indices"):
+        pi.decode(content, style)
+    model = MUNIT((16, 4, 4), width=8, blocks=1, style_dim=8, mlp_hidden=8, pi=True)
+    assert model.translate(e, "b", style).shape == e.shape and model.config["pi"] is True
+
+
+def _adversarial_run(path, steps: int = 10, stop_at: int | None = None, settings=None):
+    "A toy alternating run with every kind of state a real row has: a module, Adam, a generator, torch's global RNG."
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    count = {"steps": 0}
+
+    def g_step(x):
+        count["steps"] += 1
+        if stop_at is not None and count["steps"] == stop_at:
+            raise KeyboardInterrupt
+        loss = (net(x + torch.randn(x.shape)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    ckpt = LoopCheckpoint(path, settings or {"lr": 0.01}, {"net": net, "opt": opt}, {"gen": gen})
+    curves = _loop(steps, 2, lambda: torch.randn(8, 4, generator=gen), g_step, lambda: float(net.weight.sum()), ckpt)
+    return curves, net.state_dict(), count["steps"]
+
+
+def test_a_resumed_adversarial_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    straight, weights, _ = _adversarial_run(tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        _adversarial_run(tmp_path / "b.pt", stop_at=8)        # stopped after the checkpoint of step 6
+    resumed, resumed_weights, ran = _adversarial_run(tmp_path / "b.pt")
+    assert ran == 4                                            # steps 7-10 only
+    assert resumed == straight
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    _, _, ran = _adversarial_run(tmp_path / "b.pt", settings={"lr": 0.02})
+    assert ran == 10                                           # a checkpoint of other settings is not resumed
+    (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="delete it"):
+        _adversarial_run(tmp_path / "c.pt")
 
 
 def test_check_names_the_bad_key():

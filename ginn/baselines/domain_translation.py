@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import _fail
 from ..experts.embedded import load_expert
-from ..io import read_format, read_safetensors, save_safetensors, write_json
+from ..io import atomic_path, read_format, read_safetensors, save_safetensors, write_json
 from ..runs import loss_curve_record, window_means
 from ..world import COLOURS, SCENES, SHAPES
 
@@ -28,8 +28,8 @@ __all__ = ['Tensor', 'TASKS', 'MULTIDOMAIN_KEYS', 'BIAS_KEYS', 'SDIT_ROWS', 'UDI
            'run_path', 'day_domains', 'biased_split', 'Bottleneck', 'instance_stats', 'cin', 'attend', 'CINBlock',
            'SDIT', 'SDITDiscriminator', 'sdit_settings', 'sdit_d_loss', 'sdit_g_loss', 'adain', 'ResIN', 'MUNITDomain',
            'MUNIT', 'critic', 'munit_d_loss', 'munit_g_loss', 'ReducedExtractor', 'bottleneck_width', 'train_extractor',
-           'reverse_classification', 'domain_data', 'save_run', 'load_run', 'train_sdit', 'bias_data', 'extractor_for',
-           'constraint_for', 'train_udit', 'reduced_feature', 'n2n_conditions', 'train_n2n',
+           'reverse_classification', 'domain_data', 'save_run', 'load_run', 'LoopCheckpoint', 'train_sdit', 'bias_data',
+           'extractor_for', 'constraint_for', 'train_udit', 'reduced_feature', 'n2n_conditions', 'train_n2n',
            'train_domain_translation_run', 'to_uint8', 'sdit_translate', 'munit_translate', 'load_extractor']
 
 # %% ../../nbs/13_sdit_udit.ipynb #92f7ad4d
@@ -45,7 +45,9 @@ SDIT_ROWS = {                                   # Table 6.1 / Fig. 6.6: what eac
     "gamma_only": {"cin": "gamma"},
     "beta_only": {"cin": "beta"},
 }
-UDIT_ROWS = {"munit": {"constraint": "none"}, "udit": {"constraint": "reduced"}, "naive": {"constraint": "full"}}
+UDIT_ROWS = {"munit": {"constraint": "none"}, "udit": {"constraint": "reduced"}, "naive": {"constraint": "full"},
+             "munit_pi": {"constraint": "none", "pi": True},        # + pooling indices (Sec. 5.5, Fig. 5.5: MUNIT+PI,
+             "udit_pi": {"constraint": "reduced", "pi": True}}      # UDIT+PI, the thesis's UDIT from Sec. 5.6 on)
 WARM = ("red", "orange", "yellow", "pink")
 COOL = ("green", "cyan", "blue", "purple")
 DOMAIN_ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES}
@@ -311,12 +313,16 @@ class ResIN(nn.Module):
 
 
 class MUNITDomain(nn.Module):
-    "One domain's content encoder E^c, style encoder E^s (8-d) and AdaIN decoder G with its MLP (Sec. 5.5.2)."
+    """One domain's content encoder E^c, style encoder E^s (8-d) and AdaIN decoder G with its MLP (Sec. 5.5.2).
+    With `pi` (pooling indices, Sec. 5.5, after SegNet) the content encoder ends in a 2×2 max-pool and the decoder
+    begins by unpooling with the indices of whichever encoder ran: the content is half as wide, and where its
+    maxima were travels beside it as side information."""
 
-    def __init__(self, shape, width: int = 64, blocks: int = 2, style_dim: int = 8, mlp_hidden: int = 128):
+    def __init__(self, shape, width: int = 64, blocks: int = 2, style_dim: int = 8, mlp_hidden: int = 128,
+                 pi: bool = False):
         super().__init__()
         c = shape[0]
-        self.width, self.blocks = width, blocks
+        self.width, self.blocks, self.pi = width, blocks, pi
         self.content = nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.InstanceNorm2d(width), nn.ReLU(),
                                      *(ResIN(width) for _ in range(blocks)))
         self.style = nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
@@ -326,9 +332,17 @@ class MUNITDomain(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(2 * blocks))
         self.out = nn.Conv2d(width, c, 3, padding=1)
 
-    def decode(self, content, style):
+    def encode(self, e):
+        "`(content, pooling indices)` of bottleneck maps e; the indices are None without `pi`."
+        x = self.content(e)
+        return F.max_pool2d(x, 2, return_indices=True) if self.pi else (x, None)
+
+    def decode(self, content, style, indices=None):
+        "Bottleneck maps of `content` with `style` (n, style_dim); with `pi`, the content encoder's pooling `indices`."
+        if self.pi and indices is None:
+            raise ValueError("a MUNIT+PI decoder unpools with the content encoder's pooling indices; got none")
         p = self.mlp(style).view(len(style), self.blocks, 2, 2, self.width)
-        x = content
+        x = F.max_unpool2d(content, indices, 2) if self.pi else content
         for b in range(self.blocks):
             y = F.relu(adain(self.convs[2 * b](x), p[:, b, 0, 0], 1 + p[:, b, 0, 1]))
             x = x + adain(self.convs[2 * b + 1](y), p[:, b, 1, 0], 1 + p[:, b, 1, 1])
@@ -338,17 +352,26 @@ class MUNITDomain(nn.Module):
 class MUNIT(nn.Module):
     "MUNIT between domains a and b in the bottleneck: `translate(e, to)` with a style drawn from N(0, I) (or given)."
 
-    def __init__(self, shape, width: int = 64, blocks: int = 2, style_dim: int = 8, mlp_hidden: int = 128):
+    def __init__(self, shape, width: int = 64, blocks: int = 2, style_dim: int = 8, mlp_hidden: int = 128,
+                 pi: bool = False):
         super().__init__()
-        self.config = dict(shape=list(shape), width=width, blocks=blocks, style_dim=style_dim, mlp_hidden=mlp_hidden)
+        self.config = dict(shape=list(shape), width=width, blocks=blocks, style_dim=style_dim, mlp_hidden=mlp_hidden,
+                           pi=pi)
         self.style_dim = style_dim
-        self.domains = nn.ModuleDict({d: MUNITDomain(shape, width, blocks, style_dim, mlp_hidden) for d in "ab"})
+        self.domains = nn.ModuleDict({d: MUNITDomain(shape, width, blocks, style_dim, mlp_hidden, pi) for d in "ab"})
 
     def translate(self, e, to: str, style=None, generator=None):
         frm = "a" if to == "b" else "b"
         if style is None:
             style = torch.randn(len(e), self.style_dim, generator=generator)
-        return self.domains[to].decode(self.domains[frm].content(e), style)
+        content, indices = self.domains[frm].encode(e)       # the target decoder unpools with the source's indices
+        return self.domains[to].decode(content, style, indices)
+
+    def reconstruct(self, e, domain: str):
+        "Maps e of `domain` decoded from their own content and style (the within-domain autoencoder)."
+        d = self.domains[domain]
+        content, indices = d.encode(e)
+        return d.decode(content, d.style(e), indices)
 
 
 def critic(shape, width: int = 64) -> nn.Module:
@@ -374,11 +397,11 @@ def munit_g_loss(model, Da, Db, ea, eb, s: dict, constraint=None, bottleneck=Non
     plus λ_U L_U (Eq. 5.3), L_U = ‖h(x_{i→j}) − h(x_i)‖₁ with `constraint` = h on images (both rendered by the
     frozen decoder)."""
     A, B = model.domains["a"], model.domains["b"]
-    ca, cb, sa, sb = A.content(ea), B.content(eb), A.style(ea), B.style(eb)
+    (ca, ia), (cb, ib), sa, sb = A.encode(ea), B.encode(eb), A.style(ea), B.style(eb)
     ra, rb = torch.randn_like(sa), torch.randn_like(sb)
-    ab, ba = B.decode(ca, rb), A.decode(cb, ra)
-    g = s["lambda_x"] * ((A.decode(ca, sa) - ea).abs().mean() + (B.decode(cb, sb) - eb).abs().mean())
-    g = g + s["lambda_c"] * ((B.content(ab) - ca).abs().mean() + (A.content(ba) - cb).abs().mean())
+    ab, ba = B.decode(ca, rb, ia), A.decode(cb, ra, ib)     # a translation unpools with its source's indices
+    g = s["lambda_x"] * ((A.decode(ca, sa, ia) - ea).abs().mean() + (B.decode(cb, sb, ib) - eb).abs().mean())
+    g = g + s["lambda_c"] * ((B.encode(ab)[0] - ca).abs().mean() + (A.encode(ba)[0] - cb).abs().mean())
     g = g + s["lambda_s"] * ((B.style(ab) - rb).abs().mean() + (A.style(ba) - ra).abs().mean())
     g = g + s["lambda_gan"] * 0.5 * ((Db(ab) - 1).pow(2).mean() + (Da(ba) - 1).pow(2).mean())
     if constraint is not None and s["lambda_u"] > 0:
@@ -497,14 +520,54 @@ def load_run(path: Path, vae):
     return model.eval(), bn, meta
 
 
-def _loop(steps, log_every, batch, g_step, on_log):
-    "Alternate critic and generator updates; the mean generator loss per log window and the held-out values."
-    losses, at, held = [], [], []
-    for step in range(1, steps + 1):
+class LoopCheckpoint:
+    """The state of an adversarial run at its last log step, at `path`: the `objects` (modules and optimisers, by
+    name), the `generators` (torch.Generator, by name), torch's global random state, and the curves so far. A run
+    resumed from it continues bit for bit as if never stopped. One written for other `settings` is ignored."""
+
+    def __init__(self, path: Path, settings: dict, objects: dict, generators: dict):
+        self.path, self.settings, self.objects, self.generators = Path(path), settings, objects, generators
+
+    def save(self, step: int, losses: list, at: list, held: list):
+        state = {"settings": json.dumps(self.settings, sort_keys=True), "step": step, "losses": losses, "at": at,
+                 "held": held, "objects": {k: o.state_dict() for k, o in self.objects.items()},
+                 "generators": {k: g.get_state() for k, g in self.generators.items()}, "torch": torch.get_rng_state()}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict | None:
+        "The saved state, restored into the objects and generators; None when there is none for these settings."
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"the checkpoint {self.path} is unreadable ({e}); delete it to train the run afresh") from e
+        if state.get("settings") != json.dumps(self.settings, sort_keys=True):
+            print(f"{self.path.name}: written for other settings; training afresh")
+            return None
+        for k, o in self.objects.items():
+            o.load_state_dict(state["objects"][k])
+        for k, g in self.generators.items():
+            g.set_state(state["generators"][k])
+        torch.set_rng_state(state["torch"])
+        return state
+
+
+def _loop(steps, log_every, batch, g_step, on_log, checkpoint: LoopCheckpoint | None = None):
+    """Alternate critic and generator updates; the mean generator loss per log window and the held-out values.
+    With a `checkpoint` the state is saved at every log step, and a run that finds one continues from it."""
+    losses, at, held, first = [], [], [], 1
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        losses, at, held, first = list(state["losses"]), list(state["at"]), list(state["held"]), state["step"] + 1
+    for step in range(first, steps + 1):
         losses.append(g_step(batch()))
         if step % log_every == 0 or step == steps:
             at.append(step)
             held.append(on_log())
+            if checkpoint is not None:
+                checkpoint.save(step, losses, at, held)
     return losses, at, held
 
 
@@ -552,12 +615,16 @@ def train_sdit(dt: dict, layout, experiment: str, attribute: str, row: str, seed
                 out, _ = G(ve, vt, vnoise)
                 back, _ = G(out, vy, vnoise)
                 return float((bn.decode(back) - bn.decode(ve)).abs().mean())
-        losses, at, held = _loop(dt["steps"], dt["log_every"], batch, g_step, on_log)
-    name = f"{attribute}.{row}"
+        name = f"{attribute}.{row}"
+        ckpt = LoopCheckpoint(layout.checkpoints(experiment) / f"{name}.pt",
+                              dict(config=config, settings=s, section=dt, seed=seed),
+                              dict(G=G, D=D, opt_g=opt_g, opt_d=opt_d), dict(batch=gen))
+        losses, at, held = _loop(dt["steps"], dt["log_every"], batch, g_step, on_log, ckpt)
     meta = dict(kind="sdit", config=config, attribute=attribute, domains=dt["domains"][attribute], row=row, settings=s)
     layout.translators(experiment).mkdir(parents=True, exist_ok=True)
     save_run(run_path(layout, experiment, name), {**{f"m.{k_}": v for k_, v in G.state_dict().items()},
                                                   "bn.mean": bn.mean, "bn.std": bn.std}, meta)
+    ckpt.path.unlink(missing_ok=True)
     return loss_curve_record(name, at, window_means(losses, at), held, s["lr"], seconds=time.perf_counter() - start,
                              val_metric="held-out cycle L1 (pixels in [0, 1])",
                              parameters=sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
@@ -590,7 +657,7 @@ def constraint_for(layout, dt: dict, kind: str, seed: int = 0):
 
 
 def train_udit(dt: dict, layout, experiment: str, row: str, seed: int = 0) -> dict:
-    "Train UDIT row `row` (munit, udit, naive) on the biased split; save it and its curves; return the curves record."
+    "Train UDIT row `row` (a key of `UDIT_ROWS`) on the biased split; save it and its curves; return the curves record."
     start = time.perf_counter()
     vae = load_expert(layout.expert("world_vae"))
     ra, rb = bias_data(layout, dt, "train")
@@ -599,7 +666,7 @@ def train_udit(dt: dict, layout, experiment: str, row: str, seed: int = 0) -> di
     ea, eb = bn.encode(za), bn.encode(zb)
     s = {**MUNIT_DEFAULTS, **dt["munit"]}
     constraint = constraint_for(layout, dt, UDIT_ROWS[row]["constraint"], seed)
-    config = {k: s[k] for k in ("width", "blocks", "style_dim", "mlp_hidden")}
+    config = {**{k: s[k] for k in ("width", "blocks", "style_dim", "mlp_hidden")}, "pi": UDIT_ROWS[row].get("pi", False)}
     n_val = dt["n_val"]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -626,14 +693,17 @@ def train_udit(dt: dict, layout, experiment: str, row: str, seed: int = 0) -> di
 
         def on_log():
             with torch.no_grad():
-                A, B = model.domains["a"], model.domains["b"]
-                return float((A.decode(A.content(held_a), A.style(held_a)) - held_a).abs().mean()
-                             + (B.decode(B.content(held_b), B.style(held_b)) - held_b).abs().mean())
-        losses, at, held = _loop(dt["steps"], dt["log_every"], batch, g_step, on_log)
+                return float((model.reconstruct(held_a, "a") - held_a).abs().mean()
+                             + (model.reconstruct(held_b, "b") - held_b).abs().mean())
+        ckpt = LoopCheckpoint(layout.checkpoints(experiment) / f"{row}.pt",
+                              dict(config=config, settings=s, section=dt, seed=seed),
+                              dict(model=model, Da=Da, Db=Db, opt_g=opt_g, opt_d=opt_d), dict(batch=gen))
+        losses, at, held = _loop(dt["steps"], dt["log_every"], batch, g_step, on_log, ckpt)
     layout.translators(experiment).mkdir(parents=True, exist_ok=True)
     meta = dict(kind="munit", config={"shape": list(bn.shape), **config}, row=row, settings=s)
     save_run(run_path(layout, experiment, row), {**{f"m.{k}": v for k, v in model.state_dict().items()},
                                                  "bn.mean": bn.mean, "bn.std": bn.std}, meta)
+    ckpt.path.unlink(missing_ok=True)
     return loss_curve_record(row, at, window_means(losses, at), held, s["lr"], seconds=time.perf_counter() - start,
                              val_metric="image reconstruction L1 of the last training scenes (standardised map)",
                              parameters=sum(p.numel() for p in [*model.parameters(), *Da.parameters(), *Db.parameters()]))
