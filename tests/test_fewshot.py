@@ -13,7 +13,8 @@ from torch import nn
 
 from ginn.baselines.gans import (Critic, GANSettings, Generator, Miner, Selector, WGANSettings, check_gans,
                                  gans_runs, gradient_penalty, load_generator, mine_several, sample_generator,
-                                 save_generator, source_rows, target_row_names, target_rows, train_minegan)
+                                 mix_name, mix_rows, mnist_rows, save_generator, several_source_rows, source_rows,
+                                 target_row_names, target_rows, train_minegan)
 from ginn.metrics import kmmd
 from ginn.world import COLOURS, SCENES, make_world
 
@@ -28,6 +29,10 @@ SECTION = {"source": {"scenes": ["sky", "grass", "sand"]},
            "minegan": {"miner_depth": 2, "lr": 4e-4, "betas": [0.5, 0.999], "mine_steps": 3, "finetune_steps": 2},
            "rows": ["scratch", "g_only", "d_only", "g_and_d", "minegan", "n2n"],
            "n2n": {"vae": {"latent_dim": 8}, "train": {"steps": 2, "batch_size": 4}}, "n_curve": 8, "log_every": 1}
+SEVERAL = {"sources": {"sky": {"scenes": ["sky"]}, "grass": {"scenes": ["grass"]}}, "colours": ["red"], "n": 20,
+           "ratios": [0.3, 0.7], "source_steps": 2, "mine_steps": 2, "window": 10}
+MNIST = {"digits": [5, 8], "n": 10, "gan": {"z_dim": 8, "width": 4, "critic_width": 4, "size": 28, "channels": 1},
+         "batch_size": 8, "source_steps": 2, "mine_steps": 2, "finetune_steps": 2}
 
 
 def test_kmmd_known_answers():
@@ -165,3 +170,55 @@ def test_generator_save_load_and_seeded_sampling(tmp_path):
     assert not torch.equal(a, sample_generator(g, miner, 10, seed=6))
     with pytest.raises(FileNotFoundError, match="train_translator@fewshot"):
         load_generator(tmp_path / "missing.safetensors")
+
+
+def test_several_sources_rows_mix_at_the_ratio_and_never_overlap():
+    world, fs = make_world(3000, seed=4), {**SECTION, "several": SEVERAL}
+    sky, grass, red = SCENES.index("sky"), SCENES.index("grass"), COLOURS.index("red")
+    mixes = {mix_name(r): mix_rows(world, SEVERAL, r, seed=0) for r in SEVERAL["ratios"]}
+    assert sorted(mixes) == ["mix30", "mix70"]
+    for ratio, rows in zip(SEVERAL["ratios"], mixes.values()):
+        assert len(rows) == 20 and (world.colour[rows] == red).all()
+        assert (world.scene[rows] == sky).sum() == round(20 * ratio) and (world.scene[rows] == grass).sum() == 20 - round(20 * ratio)
+    taken = set(np.concatenate([*mixes.values(), *(target_rows(world, d) for d in SECTION["targets"].values())]))
+    for name, scene in (("sky", sky), ("grass", grass)):
+        rows = several_source_rows(world, fs, name, seed=0)
+        assert len(rows) > 300 and (world.scene[rows] == scene).all() and not set(rows) & taken, name
+
+
+def test_several_sources_runs_and_checks():
+    fs = {**SECTION, "several": SEVERAL}
+    check_gans(fs, "fs")
+    runs = gans_runs({"fewshot": fs})
+    assert runs[:4] == ["source", "vae", "source_sky", "source_grass"]
+    assert runs[-2:] == ["mix30.selector", "mix70.selector"] and not any("selector" in r for r in gans_runs({"fewshot": SECTION}))
+    three = {**SEVERAL["sources"], "sand": {"scenes": ["sand"]}}
+    for change, message in [({"ratios": [0.0]}, "fs.several.ratios"), ({"ratios": [0.5, 1.2]}, "fs.several.ratios"),
+                            ({"ratios": [0.301, 0.299]}, "differ in their percent"), ({"sources": three}, "exactly two"),
+                            ({"n": 1}, "fs.several.n"), ({"mine_steps": 0}, "fs.several.mine_steps"),
+                            ({"colours": ["teal"]}, "fs.several"), ({"sources": {"sky": {"scenes": ["moon"]}, "g": {"scenes": ["grass"]}}}, "fs.several.sources.sky")]:
+        with pytest.raises(ValueError, match=message):
+            check_gans({**SECTION, "several": {**SEVERAL, **change}}, "fs")
+    with pytest.raises(ValueError, match="exactly the keys"):
+        check_gans({**SECTION, "several": {k: v for k, v in SEVERAL.items() if k != "window"}}, "fs")
+
+
+def test_mnist_task_rows_runs_checks_and_28px_networks():
+    labels = np.repeat(np.arange(10), 30)
+    rows = mnist_rows(labels, 5, 10, seed=0)
+    assert len(rows) == 10 and (labels[rows] == 5).all() and not np.array_equal(rows, mnist_rows(labels, 5, 10, seed=1))
+    with pytest.raises(ValueError, match="fewer than mnist.n"):
+        mnist_rows(labels, 5, 31)
+    fs = {**SECTION, "mnist": MNIST}
+    check_gans(fs, "fs")
+    runs = gans_runs({"fewshot": fs})
+    assert "mnist_source" in runs[:4] and runs[-2:] == ["mnist5.minegan", "mnist8.minegan"]
+    for change, message in [({"digits": [5, 5]}, "fs.mnist.digits"), ({"digits": [10]}, "fs.mnist.digits"),
+                            ({"n": 1}, "fs.mnist.n"), ({"gan": {**MNIST["gan"], "size": 32}}, "size 28, channels 1")]:
+        with pytest.raises(ValueError, match=message):
+            check_gans({**SECTION, "mnist": {**MNIST, **change}}, "fs")
+    with pytest.raises(ValueError, match="MNIST targets"):
+        check_gans({**fs, "targets": {**SECTION["targets"], "mnist5": {"scenes": ["night"], "n": 5}}}, "fs")
+    s = GANSettings(**MNIST["gan"])
+    x = Generator(s)(torch.randn(3, s.z_dim))
+    assert x.shape == (3, 1, 28, 28) and Critic(s)(x).shape == (3,)

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,11 +24,14 @@ from ..runs import loss_curve_record, window_means
 from ..world import COLOURS, SCENES
 
 # %% auto #0
-__all__ = ['FEWSHOT_KEYS', 'ROWS', 'ROW_LABELS', 'FEWSHOT_FORMAT', 'GANSettings', 'Generator', 'Critic', 'Miner',
-           'gradient_penalty', 'critic_loss', 'generator_loss', 'WGANSettings', 'adversarial', 'Selector',
-           'mine_several', 'check_gans', 'domain_mask', 'target_rows', 'source_rows', 'fewshot_path', 'save_generator',
-           'load_generator', 'sample_generator', 'gans_runs', 'target_row_names', 'train_source', 'train_transfer',
-           'train_minegan', 'train_source_vae', 'train_n2n_row', 'sample_n2n', 'train_gans_run']
+__all__ = ['FEWSHOT_KEYS', 'ROWS', 'ROW_LABELS', 'FEWSHOT_FORMAT', 'SEVERAL_KEYS', 'MNIST_KEYS', 'GANSettings', 'Generator',
+           'Critic', 'Miner', 'gradient_penalty', 'critic_loss', 'generator_loss', 'WGANSettings', 'adversarial',
+           'Selector', 'mine_several', 'check_several', 'check_mnist', 'mix_name', 'check_gans', 'domain_mask',
+           'target_rows', 'source_rows', 'mix_domains', 'mix_rows', 'several_source_rows', 'fewshot_path',
+           'save_generator', 'load_generator', 'sample_generator', 'gans_runs', 'target_row_names', 'train_source',
+           'train_several_source', 'train_transfer', 'train_minegan', 'train_selector', 'selector_path',
+           'sample_selector', 'mnist_targets', 'mnist_rows', 'mnist_settings', 'train_mnist_source', 'train_source_vae',
+           'train_n2n_row', 'sample_n2n', 'train_gans_run']
 
 # %% ../../nbs/12_gan_transfer.ipynb #a62a6258
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Critic(nn.Module):
         self.settings = s
         layers, c, size, w = [], s.channels, s.size, s.critic_width
         while size > 4:
-            size = (size + 1) // 2
+            size //= 2                          # a 4×4 stride-2 conv with padding 1 halves it, rounding down
             layers += [nn.Conv2d(c, w, 4, 2, 1), nn.LayerNorm([w, size, size]), nn.LeakyReLU(0.2)]
             c, w = w, 2 * w
         self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * size * size, 1))
@@ -272,6 +276,8 @@ ROW_LABELS = {"scratch": "scratch (G, D from scratch)", "g_only": "G pretrained,
               "d_only": "G scratch, D pretrained", "g_and_d": "TransferGAN (G, D pretrained)",
               "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "n2n": "n2n (frozen VAE + flow)"}
 FEWSHOT_FORMAT = "ginn-fewshot-v1"
+SEVERAL_KEYS = ("sources", "colours", "n", "ratios", "source_steps", "mine_steps", "window")
+MNIST_KEYS = ("digits", "n", "gan", "batch_size", "source_steps", "mine_steps", "finetune_steps")
 
 
 def _check_domain(d, where: str, need_n: bool):
@@ -286,10 +292,70 @@ def _check_domain(d, where: str, need_n: bool):
         _fail(f"{where}.n", f"must be an integer >= 2 (the target's training images), got {d['n']!r}")
 
 
+def _positive_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and v >= 1
+
+
+def check_several(sv, where: str):
+    "Check a `several` section (MineGAN with several sources); the error names the key and what it must be."
+    if not isinstance(sv, dict) or sorted(sv) != sorted(SEVERAL_KEYS):
+        _fail(where, f"must be a mapping with exactly the keys {', '.join(SEVERAL_KEYS)}, got {sv!r}")
+    if not isinstance(sv["sources"], dict) or len(sv["sources"]) != 2:
+        _fail(f"{where}.sources", f"must map exactly two source names to domains (each ratio is the first one's "
+              f"share of the target), got {sv['sources']!r}")
+    for name, d in sv["sources"].items():
+        if not str(name).isidentifier():
+            _fail(f"{where}.sources", f"names must be identifiers (they name files), got {name!r}")
+        _check_domain(d, f"{where}.sources.{name}", False)
+    _check_domain({"scenes": [SCENES[0]], "colours": sv["colours"]}, where, False)
+    for key in ("n", "source_steps", "mine_steps", "window"):
+        if not _positive_int(sv[key]) or (key == "n" and sv[key] < 2):
+            _fail(f"{where}.{key}", f"must be a positive integer{' >= 2' if key == 'n' else ''}, got {sv[key]!r}")
+    ratios = sv["ratios"]
+    if (not isinstance(ratios, list) or not ratios
+            or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1 for r in ratios)):
+        _fail(f"{where}.ratios", f"must list shares of the first source strictly between 0 and 1, got {ratios!r}")
+    names = [mix_name(r) for r in ratios]
+    if len(set(names)) != len(names):
+        _fail(f"{where}.ratios", f"must differ in their percent (they name the runs {names}), got {ratios!r}")
+
+
+def check_mnist(mn, where: str):
+    "Check an `mnist` section (digits the source GAN never drew); the error names the key and what it must be."
+    if not isinstance(mn, dict) or sorted(mn) != sorted(MNIST_KEYS):
+        _fail(where, f"must be a mapping with exactly the keys {', '.join(MNIST_KEYS)}, got {mn!r}")
+    digits = mn["digits"]
+    if (not isinstance(digits, list) or not digits or len(set(digits)) != len(digits)
+            or any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 9 for d in digits) or len(digits) > 8):
+        _fail(f"{where}.digits", f"must list 1 to 8 distinct digits 0-9 (the source trains on the others), got {digits!r}")
+    for key in ("n", "batch_size", "source_steps", "mine_steps", "finetune_steps"):
+        if not _positive_int(mn[key]) or (key == "n" and mn[key] < 2):
+            _fail(f"{where}.{key}", f"must be a positive integer{' >= 2' if key == 'n' else ''}, got {mn[key]!r}")
+    try:
+        s = GANSettings(**mn["gan"])
+    except (TypeError, ValueError) as e:
+        _fail(f"{where}.gan", str(e))
+    if (s.size, s.channels) != (28, 1):
+        _fail(f"{where}.gan", f"MNIST digits are 28x28 with one channel: size 28, channels 1, got {s.size}, {s.channels}")
+
+
+def mix_name(ratio: float) -> str:
+    "The name of the target mixing the two sources with the first one's share `ratio`: 0.3 -> 'mix30'."
+    return f"mix{round(100 * ratio):02d}"
+
+
 def check_gans(fs: dict, where: str):
     "Check a `fewshot` section's keys and values; the error names the key and what it must be."
-    if not isinstance(fs, dict) or sorted(fs) != sorted(FEWSHOT_KEYS):
-        _fail(where, f"must be a mapping with exactly the keys {', '.join(FEWSHOT_KEYS)}, got {fs!r}")
+    if not isinstance(fs, dict) or sorted(set(fs) - {"several", "mnist"}) != sorted(FEWSHOT_KEYS):
+        _fail(where, f"must be a mapping with exactly the keys {', '.join(FEWSHOT_KEYS)} (and optionally several, mnist), "
+              f"got {fs!r}")
+    if "several" in fs:
+        check_several(fs["several"], f"{where}.several")
+    if "mnist" in fs:
+        check_mnist(fs["mnist"], f"{where}.mnist")
+        clash = sorted(set(fs["targets"]) & {f"mnist{d}" for d in fs["mnist"]["digits"]} if isinstance(fs["targets"], dict) else [])
+        if clash:
+            _fail(f"{where}.targets", f"the names {clash} are the MNIST targets' (fewshot.mnist): rename the world targets")
     _check_domain(fs["source"], f"{where}.source", False)
     bad = [r for r in fs["rows"] if r not in ROWS]
     if bad or not fs["rows"]:
@@ -343,6 +409,25 @@ def source_rows(world, fs: dict, seed: int = 0) -> np.ndarray:
     taken = np.concatenate([target_rows(world, d, seed) for d in fs["targets"].values()])
     return np.setdiff1d(np.flatnonzero(domain_mask(world, fs["source"])), taken)
 
+
+def mix_domains(sv: dict, ratio: float) -> list[dict]:
+    "The two halves of a mixed target: `round(n · ratio)` images from the first source's scenes, the rest from the second's."
+    first = round(sv["n"] * ratio)
+    return [{**d, "colours": sv["colours"], "n": k} for d, k in zip(sv["sources"].values(), (first, sv["n"] - first))]
+
+
+def mix_rows(world, sv: dict, ratio: float, seed: int = 0) -> np.ndarray:
+    "The training rows of the target that mixes the two sources at `ratio`."
+    return np.sort(np.concatenate([target_rows(world, d, seed) for d in mix_domains(sv, ratio)]))
+
+
+def several_source_rows(world, fs: dict, name: str, seed: int = 0) -> np.ndarray:
+    "The rows of several-source GAN `name`: its domain's scenes minus every target's rows, mixed ones included."
+    sv = fs["several"]
+    taken = [target_rows(world, d, seed) for d in fs["targets"].values()]
+    taken += [mix_rows(world, sv, r, seed) for r in sv["ratios"]]
+    return np.setdiff1d(np.flatnonzero(domain_mask(world, sv["sources"][name])), np.concatenate(taken))
+
 # %% ../../nbs/12_gan_transfer.ipynb #bd8c72f8
 def fewshot_path(layout, experiment: str, target: str, row: str, suffix: str = "safetensors") -> Path:
     "`models/translators/<experiment>/fewshot.<target>.<row>.<suffix>` (`target` is 'source' for the source GAN)."
@@ -391,9 +476,12 @@ def gans_runs(tr: dict) -> list[str]:
     if not fs:
         return []
     rows = [r for r in ROWS if r in fs["rows"]]
-    first = ["source"] + (["vae"] if "n2n" in rows else [])
+    sv = fs.get("several")
+    first = ["source"] + (["vae"] if "n2n" in rows else []) + [f"source_{s}" for s in (sv["sources"] if sv else [])]
+    first += ["mnist_source"] if fs.get("mnist") else []
     order = sorted(rows, key=lambda r: r not in ("scratch", "n2n"))   # rows that need no source first
-    return first + [f"{t}.{r}" for r in order for t, d in fs["targets"].items() if r in d.get("rows", rows)]
+    last = [f"{t}.minegan" for t in mnist_targets(fs)] + ([f"{mix_name(r)}.selector" for r in sv["ratios"]] if sv else [])
+    return first + [f"{t}.{r}" for r in order for t, d in fs["targets"].items() if r in d.get("rows", rows)] + last
 
 
 def target_row_names(fs: dict, target: str) -> list[str]:
@@ -438,6 +526,12 @@ class _Data:
             held = self.val.image[domain_mask(self.val, d)]
             self.held[t] = self.oracle.features(held if len(held) >= 2 else self.train.image[self.targets[t]])
         self.held["source"] = self.oracle.features(self.val.image[domain_mask(self.val, fs["source"])][:1000])
+        sv = fs.get("several")
+        self.several = {s: several_source_rows(self.train, fs, s, seed) for s in (sv["sources"] if sv else [])}
+        self.mixes = {mix_name(r): mix_rows(self.train, sv, r, seed) for r in (sv["ratios"] if sv else [])}
+        for s in self.several:
+            self.held[f"source_{s}"] = self.oracle.features(
+                self.val.image[domain_mask(self.val, sv["sources"][s])][:1000])
 
 
 def _fd_curve(data: _Data, g: Generator, miner, held: str, n: int, seed: int):
@@ -456,21 +550,32 @@ def _wgan(fs: dict, **override) -> WGANSettings:
 
 def train_source(fs: dict, layout, experiment: str, data: _Data, seed: int = 0) -> tuple[Generator, Critic, dict]:
     "The source GAN `(G, D, curves)`: from its cached unit, else trained on the source rows (under a lock)."
+    return _cached_gan(fs, layout, experiment, data, "source", data.source, fs["source_steps"], seed)
+
+
+def train_several_source(fs: dict, layout, experiment: str, data: _Data, name: str, seed: int = 0):
+    "Several-source GAN `name` `(G, D, curves)`, trained apart on its own domain: a cached unit like the source's."
+    rows, steps = data.several[name], fs["several"]["source_steps"]
+    return _cached_gan(fs, layout, experiment, data, f"source_{name}", rows, steps, seed)
+
+
+def _cached_gan(fs: dict, layout, experiment: str, data: _Data, unit: str, rows: np.ndarray, n_steps: int, seed: int):
+    "A source GAN from its cached unit, else trained for `n_steps` on the training `rows` (under a lock)."
     s = GANSettings(**fs["gan"])
-    key = _hash(fs["gan"], fs["wgan"], fs["source_steps"], fs["source_lr"], fs["source"], data.source.tolist(), seed)
-    ckpt = layout.checkpoints(experiment) / f"source-{key}"
+    key = _hash(fs["gan"], fs["wgan"], n_steps, fs["source_lr"], rows.tolist(), seed)
+    ckpt = layout.checkpoints(experiment) / f"{unit}-{key}"
     with _locked(ckpt.with_suffix(".lock")):
         g, d = _seeded(seed, lambda: (Generator(s), Critic(s)))
         if (ckpt / "curves.json").is_file():
             g.load_state_dict(read_safetensors(ckpt / "g.safetensors")[0])
             d.load_state_dict(read_safetensors(ckpt / "d.safetensors")[0])
             return g, d, json.loads((ckpt / "curves.json").read_text())
-        images = data.train.image[data.source]
-        steps, fds, on_log = _fd_curve(data, g, None, "source", fs["n_curve"], seed)
+        images = data.train.image[rows]
+        steps, fds, on_log = _fd_curve(data, g, None, unit, fs["n_curve"], seed)
         ws = _wgan(fs, lr=fs["source_lr"], critic_lr=fs["source_lr"])
         h = adversarial(lambda n, gen: g(torch.randn(n, s.z_dim, generator=gen)), g.parameters(), d, images,
-                        fs["source_steps"], ws, seed, on_log, fs["log_every"])
-        curves = loss_curve_record("source", steps, window_means(h["critic"], steps), fds, ws.lr,
+                        n_steps, ws, seed, on_log, fs["log_every"])
+        curves = loss_curve_record(unit, steps, window_means(h["critic"], steps), fds, ws.lr,
                                    val_metric="FD to the source's validation images (oracle features)",
                                    seconds=h["seconds"], parameters=_count(g) + _count(d))
         curves["n_train"] = len(images)
@@ -545,6 +650,105 @@ def train_minegan(fs: dict, data: _Data, target: str, seed: int, source) -> dict
     out["minegan"] = (g.eval(), miner.eval(), c2)
     return out
 
+# %% ../../nbs/12_gan_transfer.ipynb #dc622a83
+def train_selector(fs: dict, layout, experiment: str, data: _Data, mix: str, seed: int):
+    """MineGAN with several sources on target `mix`: one miner per frozen source G, one critic from scratch, the max
+    over each supersample (Eq. 3.5–3.6); the selector p counts which G wins. Returns `(generators, miners, curves)`;
+    the curves' held-out column is the selector's running error |p̂ − true share of the first source|."""
+    sv, s, mg = fs["several"], GANSettings(**fs["gan"]), fs["minegan"]
+    ratio = next(r for r in sv["ratios"] if mix_name(r) == mix)
+    generators = [train_several_source(fs, layout, experiment, data, name, seed)[0] for name in sv["sources"]]
+    miners = [_seeded(seed + 2 + i, lambda: Miner(s.z_dim, depth=mg["miner_depth"])) for i in range(len(generators))]
+    critic = _seeded(seed + 1, lambda: Critic(s))
+    ws = _wgan(fs, lr=mg["lr"], critic_lr=mg["lr"], betas=tuple(mg["betas"]))
+    selector, h = mine_several(generators, miners, critic, data.train.image[data.mixes[mix]], sv["mine_steps"], ws,
+                               seed, window=sv["window"])
+    n = len(h["generator"])
+    steps = sorted(set(range(fs["log_every"], n + 1, fs["log_every"])) | {n})
+    running = [float(np.mean(selector.frequencies[max(0, st - sv["window"]):st], axis=0)[0]) for st in steps]
+    curves = loss_curve_record(f"{mix}.selector", steps, window_means(h["generator"], steps),
+                               [abs(p - ratio) for p in running], ws.lr,
+                               val_metric="selector error |p̂ - true share| of the first source (running estimate)",
+                               seconds=h["seconds"], parameters=_count(*miners, critic))
+    curves.update(sources=list(sv["sources"]), ratio=ratio, p=[float(v) for v in selector.p], running_p=running,
+                  n_train=len(data.mixes[mix]))
+    return generators, miners, curves
+
+
+def selector_path(layout, experiment: str, mix: str, source: str) -> Path:
+    "The mined generator of `source` in mix `mix`'s run: `fewshot.<mix>.selector_<source>.safetensors`."
+    return fewshot_path(layout, experiment, mix, f"selector_{source}")
+
+
+@torch.no_grad()
+def sample_selector(layout, experiment: str, mix: str, n: int, seed: int = 0) -> tuple[Tensor, np.ndarray]:
+    """`n` images of mix `mix`'s run with its selector fixed (Sec. 3.3.3): i ~ Cat(p), then G_i(M_i(u)). Returns
+    the images and which source drew each."""
+    curves = json.loads((layout.curves(experiment) / f"{mix}.selector.json").read_text())
+    p = np.asarray(curves["p"], dtype=float)
+    which = np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum())
+    parts = {i: sample_generator(*load_generator(selector_path(layout, experiment, mix, source)),
+                                 int((which == i).sum()), seed + i)
+             for i, source in enumerate(curves["sources"]) if (which == i).any()}
+    first = next(iter(parts.values()))
+    images = first.new_empty((n, *first.shape[1:]))
+    for i, part in parts.items():
+        images[torch.from_numpy(which == i)] = part
+    return images, which
+
+# %% ../../nbs/12_gan_transfer.ipynb #14bebf90
+def mnist_targets(fs: dict) -> list[str]:
+    "The MNIST targets' names, `mnist<d>` per digit of the `mnist` section (none without one)."
+    return [f"mnist{d}" for d in fs["mnist"]["digits"]] if fs.get("mnist") else []
+
+
+def mnist_rows(labels: np.ndarray, digit: int, n: int, seed: int = 0) -> np.ndarray:
+    "The training rows of target digit `digit`: `n` of its images in a permutation seeded by `seed`."
+    rows = np.flatnonzero(labels == digit)
+    if len(rows) < n:
+        raise ValueError(f"digit {digit} has {len(rows)} training images, fewer than mnist.n={n}: lower n")
+    return np.sort(np.random.default_rng(seed).permutation(rows)[:n])
+
+
+class _OracleFeatures:
+    "`features(images)`: an MNIST classifier's `last` tap, the feature space of FD, KMMD and the FD curves."
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def features(self, images) -> Tensor:
+        return self.classifier.encode(images, tap="last")
+
+
+class _MnistData:
+    "MNIST's training split (n, 28, 28, 1), the source rows (no target digit), each target's rows, the held-out features."
+
+    def __init__(self, fs: dict, layout, seed: int):
+        from ginn.experts.embedded import load_expert
+        from ginn.pipeline import load_mnist_split
+        mn = fs["mnist"]
+        images, labels = load_mnist_split(layout.data("mnist", "train"))
+        val_images, val_labels = load_mnist_split(layout.data("mnist", "val"))
+        self.train, self.labels = SimpleNamespace(image=images[..., None]), labels
+        self.source = np.flatnonzero(~np.isin(labels, mn["digits"]))
+        self.targets = {f"mnist{d}": mnist_rows(labels, d, mn["n"], seed) for d in mn["digits"]}
+        self.oracle = _OracleFeatures(load_expert(layout.expert("mnist_oracle")))
+        self.held = {"mnist_source": self.oracle.features(val_images[~np.isin(val_labels, mn["digits"])][..., None])}
+        self.held |= {f"mnist{d}": self.oracle.features(val_images[val_labels == d][..., None]) for d in mn["digits"]}
+
+
+def mnist_settings(fs: dict) -> dict:
+    "The `fewshot` section as the MNIST runs read it: the `mnist` GAN, batch and stage steps in place of the world's."
+    mn = fs["mnist"]
+    return {**fs, "gan": mn["gan"], "wgan": {**fs["wgan"], "batch_size": mn["batch_size"]},
+            "minegan": {**fs["minegan"], "mine_steps": mn["mine_steps"], "finetune_steps": mn["finetune_steps"]}}
+
+
+def train_mnist_source(fs: dict, layout, experiment: str, data: _MnistData, seed: int = 0):
+    "The MNIST source GAN `(G, D, curves)` on every training digit but the targets': a cached unit."
+    return _cached_gan(mnist_settings(fs), layout, experiment, data, "mnist_source", data.source,
+                       fs["mnist"]["source_steps"], seed)
+
 # %% ../../nbs/12_gan_transfer.ipynb #a93e1d0b
 def train_source_vae(fs: dict, layout, experiment: str, data: _Data, seed: int = 0):
     "The n2n row's VAE on the source images: from its cached unit, else trained (under a lock)."
@@ -613,7 +817,8 @@ def train_gans_run(tr: dict, layout, experiment: str, name: str, device: str = "
         raise ValueError(f"unknown few-shot run {name!r}; the runs are {', '.join(gans_runs(tr))}")
     seed = int(tr["seeds"][0]) if isinstance(tr["seeds"], list) else 0
     start = time.perf_counter()
-    data = _Data(fs, layout, seed)
+    mnist = name == "mnist_source" or name.split(".")[0] in mnist_targets(fs)
+    data = _MnistData(fs, layout, seed) if mnist else _Data(fs, layout, seed)
     layout.translators(experiment).mkdir(parents=True, exist_ok=True)
     layout.curves(experiment).mkdir(parents=True, exist_ok=True)
     if name in ("source", "vae"):
@@ -625,7 +830,30 @@ def train_gans_run(tr: dict, layout, experiment: str, name: str, device: str = "
         save_generator(g, fewshot_path(layout, experiment, "source", "gan"))
         write_json(curves, layout.curves(experiment) / "source.json")
         return _summary(name, curves, time.perf_counter() - start)
+    if name == "mnist_source":
+        g, _, curves = train_mnist_source(fs, layout, experiment, data, seed)
+        save_generator(g, fewshot_path(layout, experiment, "mnist_source", "gan"))
+        write_json(curves, layout.curves(experiment) / f"{name}.json")
+        return _summary(name, curves, time.perf_counter() - start)
+    if mnist:
+        target = name.split(".")[0]
+        results = train_minegan(mnist_settings(fs), data, target, seed, train_mnist_source(fs, layout, experiment, data, seed))
+        for r, (g, miner, curves) in results.items():
+            save_generator(g, fewshot_path(layout, experiment, target, r), miner)
+            write_json(curves, layout.curves(experiment) / f"{target}.{r}.json")
+        return _summary(name, results["minegan"][2], time.perf_counter() - start)
+    if name.startswith("source_"):
+        g, _, curves = train_several_source(fs, layout, experiment, data, name.removeprefix("source_"), seed)
+        save_generator(g, fewshot_path(layout, experiment, name, "gan"))
+        write_json(curves, layout.curves(experiment) / f"{name}.json")
+        return _summary(name, curves, time.perf_counter() - start)
     target, row = name.split(".")
+    if row == "selector":
+        generators, miners, curves = train_selector(fs, layout, experiment, data, target, seed)
+        for source, g, miner in zip(fs["several"]["sources"], generators, miners):
+            save_generator(g, selector_path(layout, experiment, target, source), miner)
+        write_json(curves, layout.curves(experiment) / f"{name}.json")
+        return _summary(name, curves, time.perf_counter() - start)
     if row == "n2n":
         curves = train_n2n_row(fs, tr, layout, experiment, data, target, seed, "cpu" if device == "auto" else device)
         write_json(curves, layout.curves(experiment) / f"{name}.json")
